@@ -1,0 +1,198 @@
+"""Build C sources with clang, with a content-hash cache.
+
+The digest of an object covers everything that decides its bytes: the source, the local
+headers it includes (found by following ``#include`` lines), flags, defines, the clang
+binary and, with ``vmlinux_h``, the kernel's BTF. An unchanged digest means no clang
+process at all. A prebuilt object's digest is the hash of its bytes.
+
+The digest is also what the planner compares to decide that a program must be replaced
+(the applier records it in the deployment's state map, see ``kernel/apply.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bpfdeploy.diagnostics import BuildError, Diagnostic
+from bpfdeploy.kernel import runner
+from bpfdeploy.manifest.model import Manifest, ObjectSpec
+
+BUILD_FORMAT = "bpfdeploy-build-1"
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+_INCLUDE = re.compile(rb'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
+_ARCH = {"x86_64": ("x86", "x86_64-linux-gnu"), "aarch64": ("arm64", "aarch64-linux-gnu"),
+         "arm64": ("arm64", "aarch64-linux-gnu"), "s390x": ("s390", "s390x-linux-gnu"),
+         "ppc64le": ("powerpc", "powerpc64le-linux-gnu")}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("BPFDEPLOY_CACHE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/bpfdeploy")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bpfdeploy"
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltObject:
+    name: str  # object name in the manifest
+    path: Path  # the ELF file to load
+    digest: str  # sha256 hex of everything that decides its bytes
+    built: bool  # clang ran for it in this call (False: cache hit or prebuilt)
+
+
+def _clang_identity() -> str:
+    clang = shutil.which("clang")
+    if clang is None:
+        return "clang-missing"
+    st = os.stat(os.path.realpath(clang))
+    return f"{os.path.realpath(clang)}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _btf_identity() -> str:
+    try:
+        return f"{os.uname().release}:{VMLINUX_BTF.stat().st_size}"
+    except OSError:
+        return "no-btf"
+
+
+def _headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
+    """Local headers the source includes, recursively (system headers are left out)."""
+    found: list[Path] = []
+    seen: set[Path] = set()
+    todo = [source]
+    while todo:
+        current = todo.pop()
+        try:
+            text = current.read_bytes()
+        except OSError:
+            continue
+        for quote, name in _INCLUDE.findall(text):
+            name = name.decode(errors="replace")
+            dirs = ((current.parent,) if quote == b'"' else ()) + include_dirs
+            for d in dirs:
+                candidate = (d / name).resolve()
+                if candidate.is_file():
+                    if candidate not in seen:
+                        seen.add(candidate)
+                        found.append(candidate)
+                        todo.append(candidate)
+                    break
+    return sorted(found)
+
+
+def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
+    h = hashlib.sha256()
+    h.update(BUILD_FORMAT.encode())
+    if obj.file is not None:
+        h.update(b"file\0" + obj.file.read_bytes())
+        return h.hexdigest()
+    h.update(b"\0clang\0" + (clang_id or _clang_identity()).encode())
+    h.update(b"\0source\0" + obj.source.read_bytes())
+    for header in _headers(obj.source, obj.include_dirs):
+        h.update(b"\0header\0" + header.name.encode() + b"\0" + header.read_bytes())
+    for part in _clang_args(obj, Path("/vmlinux")):
+        h.update(b"\0arg\0" + part.encode())
+    if obj.vmlinux_h:
+        h.update(b"\0btf\0" + _btf_identity().encode())
+    return h.hexdigest()
+
+
+def _clang_args(obj: ObjectSpec, vmlinux_dir: Path) -> list[str]:
+    arch, multiarch = _ARCH.get(platform.machine(), ("x86", "x86_64-linux-gnu"))
+    args = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", f"-I/usr/include/{multiarch}",
+            f"-I{obj.source.parent}"]
+    if obj.vmlinux_h:
+        args.append(f"-I{vmlinux_dir}")
+    args += [f"-I{d}" for d in obj.include_dirs]
+    args += [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in obj.defines]
+    args += list(obj.cflags)
+    return args
+
+
+def _vmlinux_dir(cache: Path) -> Path:
+    """A directory holding vmlinux.h for this kernel, generated once per kernel BTF."""
+    key = hashlib.sha256(_btf_identity().encode()).hexdigest()[:16]
+    directory = cache / "vmlinux" / key
+    header = directory / "vmlinux.h"
+    if not header.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        result = runner.run(["bpftool", "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"])
+        if result.returncode != 0:
+            raise BuildError(f"cannot generate vmlinux.h: {result.error_text()}")
+        tmp = header.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(result.stdout)
+        tmp.replace(header)
+    return directory
+
+
+def build_all(manifest: Manifest, on_event: Callable[[str, str], None] | None = None,
+              cache: Path | None = None) -> dict[str, BuiltObject]:
+    """Build every object of the manifest that is not in the cache, on every core."""
+    cache = cache or cache_dir()
+    clang_id = _clang_identity()
+    results: dict[str, BuiltObject] = {}
+    todo: list[tuple[ObjectSpec, str, Path]] = []
+    for obj in manifest.objects:
+        digest = object_digest(obj, clang_id)
+        if obj.file is not None:
+            results[obj.name] = BuiltObject(obj.name, obj.file, digest, False)
+            continue
+        out = cache / "objects" / f"{digest}.o"
+        if out.exists():
+            results[obj.name] = BuiltObject(obj.name, out, digest, False)
+        else:
+            todo.append((obj, digest, out))
+    if not todo:
+        return results
+    if shutil.which("clang") is None:
+        raise BuildError("clang is not installed", tuple(
+            Diagnostic("clang is needed to build this source; install the clang package",
+                       str(manifest.file), f"objects.{o.name}.source", manifest.line_of(o.where + ("source",)))
+            for o, _, _ in todo))
+    (cache / "objects").mkdir(parents=True, exist_ok=True)
+    vmlinux_dir = _vmlinux_dir(cache) if any(o.vmlinux_h for o, _, _ in todo) else cache
+
+    def compile_one(item: tuple[ObjectSpec, str, Path]) -> tuple[ObjectSpec, str, Path, runner.Result]:
+        obj, digest, out = item
+        if on_event:
+            on_event("start", obj.name)
+        tmp = out.with_suffix(f".tmp{os.getpid()}.o")
+        result = runner.run(["clang", *_clang_args(obj, vmlinux_dir), "-c", str(obj.source), "-o", str(tmp)])
+        if result.returncode == 0:
+            tmp.replace(out)
+        else:
+            tmp.unlink(missing_ok=True)
+        if on_event:
+            on_event("done" if result.returncode == 0 else "failed", obj.name)
+        return obj, digest, out, result
+
+    failures: list[Diagnostic] = []
+    with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+        for obj, digest, out, result in pool.map(compile_one, todo):
+            if result.returncode != 0:
+                failures.append(Diagnostic(
+                    f"clang failed to build {obj.source.name}:\n{_clang_errors(result.stderr)}",
+                    str(manifest.file), f"objects.{obj.name}.source", manifest.line_of(obj.where + ("source",))))
+            else:
+                results[obj.name] = BuiltObject(obj.name, out, digest, True)
+    if failures:
+        raise BuildError(f"{len(failures)} object(s) failed to build", tuple(failures))
+    return results
+
+
+def _clang_errors(stderr: str, limit: int = 30) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    keep = lines[:limit]
+    if len(lines) > limit:
+        keep.append(f"... ({len(lines) - limit} more lines)")
+    return "\n".join("  " + ln for ln in keep)

@@ -1,0 +1,193 @@
+"""Command line: argument parsing and exit codes only. Everything else is imported lazily,
+because start-up is most of what a no-op plan costs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from bpfdeploy.diagnostics import ApplyError, BpfdeployError, ExitCode
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpfdeploy", description="Declarative deployment of eBPF programs.")
+    parser.add_argument("--version", action="version", version="bpfdeploy 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p, manifest=True):
+        if manifest:
+            p.add_argument("manifest", type=Path, help="the manifest file (YAML)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument("--state-dir", type=Path, help="where deployment records live (default /var/lib/bpfdeploy, "
+                                                       "or $BPFDEPLOY_STATE_DIR)")
+        return p
+
+    common(sub.add_parser("validate", help="check a manifest and report every problem"))
+    p = common(sub.add_parser("plan", help="show what apply would change"))
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes pending, 1: error")
+    p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
+    p = common(sub.add_parser("apply", help="make the kernel match the manifest"))
+    p.add_argument("--check", action="store_true", help="plan only; change nothing")
+    p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
+    common(sub.add_parser("destroy", help="remove everything the deployment owns"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.state_dir:
+        os.environ["BPFDEPLOY_STATE_DIR"] = str(args.state_dir)
+    try:
+        return int(_COMMANDS[args.command](args))
+    except BpfdeployError as exc:
+        return _report_error(exc, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.ERROR
+    except Exception:  # an unexpected crash: one line, and where the traceback is
+        fd, path = tempfile.mkstemp(prefix="bpfdeploy-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        print(f"bpfdeploy: internal error: {sys.exc_info()[1]!r} (traceback in {path})", file=sys.stderr)
+        return ExitCode.ERROR
+
+
+def _report_error(exc: BpfdeployError, args) -> int:
+    if args.json:
+        out = {"error": exc.message, "diagnostics": [d.to_json() for d in exc.diagnostics]}
+        if isinstance(exc, ApplyError):
+            out.update(failed_step=exc.step, detail=exc.detail, rollback_failures=list(exc.rollback))
+        print(json.dumps(out, indent=2))
+        return ExitCode.ERROR
+    from bpfdeploy.render import human
+
+    if exc.diagnostics:
+        human.diagnostics(exc.diagnostics)
+        errors = sum(1 for d in exc.diagnostics if d.severity == "error")
+        human.err.print(f"[red]{errors} error(s)[/]")
+    else:
+        human.crash(exc.message)
+    detail = getattr(exc, "detail", "") or getattr(exc, "log", "")
+    if detail:
+        human.err.print(detail, highlight=False, markup=False)
+    if isinstance(exc, ApplyError):
+        if exc.rollback:
+            human.err.print("[red]rollback was incomplete:[/]")
+            for line in exc.rollback:
+                human.err.print(f"  {line}", markup=False)
+        else:
+            human.err.print("Rolled back: the kernel is as it was before this apply.")
+    return ExitCode.ERROR
+
+
+def _build_progress(args):
+    """A callback that shows builds as they happen (nothing for --json)."""
+    if args.json:
+        return None
+    from bpfdeploy.render import human
+
+    def on_event(kind: str, name: str) -> None:
+        if kind == "start":
+            human.err.print(f"[dim]building {name} ...[/]")
+        elif kind == "failed":
+            human.err.print(f"[red]build of {name} failed[/]")
+    return on_event
+
+
+def cmd_validate(args) -> int:
+    from bpfdeploy.workflow import prepare
+
+    prepared = prepare(args.manifest, _build_progress(args))
+    d = prepared.desired
+    if args.json:
+        print(json.dumps({"valid": True, "deployment": d.name, "pin_root": str(d.pin_root),
+                          "programs": len(d.programs), "maps": len(d.maps), "attachments": len(d.attachments),
+                          "diagnostics": [w.to_json() for w in prepared.warnings]}, indent=2))
+        return ExitCode.OK
+    from bpfdeploy.render import human
+
+    human.diagnostics(prepared.warnings, human.out)
+    human.out.print(f"[green]valid[/]: {args.manifest}: deployment [cyan]{d.name}[/], {len(d.programs)} program(s), "
+                    f"{len(d.maps)} map(s), {len(d.attachments)} attachment(s)")
+    return ExitCode.OK
+
+
+def _plan(args, destroy: bool = False):
+    from bpfdeploy.kernel.live import read_live_state
+    from bpfdeploy.plan import plan
+    from bpfdeploy.workflow import prepare
+
+    _require_root()
+    prepared = prepare(args.manifest, _build_progress(args), destroy=destroy)
+    live = read_live_state(prepared.desired)
+    return prepared, live, plan(prepared.desired, live, str(args.manifest), destroy=destroy)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        from bpfdeploy.diagnostics import HostError
+
+        raise HostError("bpfdeploy needs root (CAP_BPF and CAP_SYS_ADMIN) to read and change BPF state")
+
+
+def cmd_plan(args) -> int:
+    _prepared, _live, p = _plan(args)
+    if args.json:
+        print(json.dumps(p.to_json(), indent=2))
+    else:
+        from bpfdeploy.render import human
+
+        human.plan(p, verbose=args.verbose)
+    if p.errors:
+        return ExitCode.ERROR
+    if args.detailed_exitcode and p.changes:
+        return ExitCode.CHANGES
+    return ExitCode.OK
+
+
+def cmd_apply(args, destroy: bool = False) -> int:
+    prepared, live, p = _plan(args, destroy=destroy)
+    title = "Destroy plan" if destroy else "Plan"
+    human = None
+    if not args.json:
+        from bpfdeploy.render import human
+
+        human.plan(p, verbose=getattr(args, "verbose", False), title=title)
+    if p.errors:
+        if args.json:
+            print(json.dumps({"plan": p.to_json(), "applied": False}, indent=2))
+        return ExitCode.ERROR
+    if getattr(args, "check", False) or not p.changes:
+        if args.json:
+            print(json.dumps({"plan": p.to_json(), "applied": False, "done": [], "mutations": 0}, indent=2))
+        return ExitCode.OK
+    from bpfdeploy.kernel.apply import apply, ensure_bpffs
+
+    ensure_bpffs()
+    if human:
+        human.out.print("[bold]Applying[/]" if not destroy else "[bold]Destroying[/]")
+    result = apply(p, prepared.desired, live, destroy=destroy, on_step=human.step if human else None,
+                   manifest_file=str(args.manifest.resolve()))
+    if args.json:
+        print(json.dumps({"plan": p.to_json(), "applied": True, "done": result.done, "warnings": result.warnings,
+                          "mutations": result.mutations}, indent=2))
+    else:
+        for w in result.warnings:
+            human.out.print(f"[yellow]warning[/]: {w}")
+        human.out.print(f"[green]{'Destroy' if destroy else 'Apply'} complete.[/] {len(result.done)} change(s) made.")
+    return ExitCode.OK
+
+
+def cmd_destroy(args) -> int:
+    return cmd_apply(args, destroy=True)
+
+
+_COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The desired state: the manifest joined with what its built objects contain.
+
+This is where object-level problems are found (a named program that is not in the object,
+a map that two objects define differently, an attach type that does not fit the program)
+and where every pin path of the deployment is decided:
+
+    <pin_root>/maps/<map>      deployment maps (shared by name between objects)
+    <pin_root>/progs/<pin>     programs
+    <pin_root>/links/<name>    attachments held by bpf_links
+    <pin_root>/state           the deployment's state map (see kernel/apply.py)
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bpfdeploy import hooks
+from bpfdeploy.build import BuiltObject
+from bpfdeploy.diagnostics import Diagnostic
+from bpfdeploy.hooks import AttachType, HookKind
+from bpfdeploy.kernel import libbpf
+from bpfdeploy.manifest.load import format_path
+from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Manifest
+
+PERCPU_MAP_TYPES = {5, 6, 10, 21}  # percpu_hash, percpu_array, lru_percpu_hash, percpu_cgroup_storage
+NO_ENTRY_MAP_TYPES = {4, 15, 18, 27, 31, 12, 13, 3, 22, 23}  # fds, rings, queues: not seeded from YAML
+
+
+@dataclass(frozen=True, slots=True)
+class MapGeometry:
+    """What must match for a pinned map to be reused: the kernel adopts the pinned map's shape silently."""
+
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+    def describe(self) -> str:
+        kind = hooks.MAP_TYPE_NAMES.get(self.type, str(self.type))
+        return f"{kind} key {self.key_size}B value {self.value_size}B max_entries {self.max_entries} flags {self.flags:#x}"
+
+    def compatible_with(self, live: "MapGeometry") -> bool:
+        # libbpf sizes a perf_event_array with max_entries 0 to the CPU count at load.
+        max_ok = self.max_entries == live.max_entries or (self.type == 4 and self.max_entries == 0)
+        return (self.type, self.key_size, self.value_size, self.flags) == (
+            live.type, live.key_size, live.value_size, live.flags) and max_ok
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredMap:
+    name: str
+    pin: Path
+    geometry: MapGeometry
+    entries: tuple[tuple[bytes, bytes], ...]
+    entries_policy: EntriesPolicy
+    recreate_if_incompatible: bool
+    users: tuple[str, ...]  # program pin names whose object uses this map
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredProgram:
+    pin_name: str
+    pin: Path
+    object: str
+    function: str
+    prog_type: str  # bpftool's name
+    type_override: int | None
+    digest: str  # sha256 hex of the object digest, function, type: a change means replace
+    object_path: Path
+    maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredAttachment:
+    name: str
+    pin: Path  # link pin (for legacy attaches: nothing is pinned there)
+    program: str  # program pin name
+    attach_type: AttachType
+    target: str  # cgroup path, deployment map name, or netns file path
+    mode: AttachMode
+    create_cgroup: bool
+
+    @property
+    def kind(self) -> HookKind:
+        return self.attach_type.kind
+
+    def hook_text(self) -> str:
+        return f"{self.attach_type.short[0]} on {self.kind.value} {self.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    name: str
+    pin_root: Path
+    maps: tuple[DesiredMap, ...]
+    programs: tuple[DesiredProgram, ...]
+    attachments: tuple[DesiredAttachment, ...]
+
+    @property
+    def state_pin(self) -> Path:
+        return self.pin_root / "state"
+
+    def program(self, pin_name: str) -> DesiredProgram | None:
+        return next((p for p in self.programs if p.pin_name == pin_name), None)
+
+    def map(self, name: str) -> DesiredMap | None:
+        return next((m for m in self.maps if m.name == name), None)
+
+
+def object_info(built: BuiltObject, cache: Path | None) -> libbpf.ObjectInfo:
+    """Programs and maps of a built object; cached beside it by digest (opening ELF costs time)."""
+    cached = cache / "objects" / f"{built.digest}.json" if cache else None
+    if cached is not None and cached.exists():
+        try:
+            data = json.loads(cached.read_text())
+            return libbpf.ObjectInfo(tuple(libbpf.ObjectProgram(**p) for p in data["programs"]),
+                                     tuple(libbpf.ObjectMap(**m) for m in data["maps"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    info = libbpf.inspect_object(str(built.path))
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"programs": [asdict(p) for p in info.programs],
+                                       "maps": [asdict(m) for m in info.maps]}))
+            tmp.replace(cached)
+        except OSError:
+            pass
+    return info
+
+
+def resolve(manifest: Manifest, built: dict[str, BuiltObject],
+            infos: dict[str, libbpf.ObjectInfo]) -> tuple[DesiredState | None, list[Diagnostic]]:
+    """Join the manifest with its objects; every problem is collected."""
+    problems: list[Diagnostic] = []
+    file = str(manifest.file)
+
+    def diag(where: tuple, message: str, hint: str = "") -> None:
+        problems.append(Diagnostic(message, file, format_path(where), manifest.line_of(where), hint))
+
+    root = manifest.pin_root
+    programs: list[DesiredProgram] = []
+    map_defs: dict[str, tuple[MapGeometry, str]] = {}  # deployment map -> (geometry, defining object)
+    map_users: dict[str, list[str]] = {}
+
+    for obj in manifest.objects:
+        info = infos[obj.name]
+        by_name = {p.name: p for p in info.programs}
+        public_maps = {m.name: m for m in info.maps if not m.internal}
+        for inner, _outer in obj.map_renames:
+            if inner not in public_maps:
+                diag(obj.where + ("maps", inner), f"object {obj.name!r} has no map named {inner!r}",
+                     _choices(inner, public_maps))
+        bindings = tuple((m, obj.deployment_map_name(m)) for m in sorted(public_maps))
+        for inner, outer in bindings:
+            m = public_maps[inner]
+            geometry = MapGeometry(m.type, m.key_size, m.value_size, m.max_entries, m.flags)
+            if outer in map_defs and not map_defs[outer][0].compatible_with(geometry):
+                other_geometry, other = map_defs[outer]
+                diag(obj.where, f"map {outer!r} is defined differently by objects {other!r} and {obj.name!r}",
+                     f"{other}: {other_geometry.describe()}; {obj.name}: {geometry.describe()}")
+            map_defs.setdefault(outer, (geometry, obj.name))
+        specs = obj.programs
+        if specs is None:
+            from bpfdeploy.manifest.model import ProgramSpec
+
+            specs = tuple(ProgramSpec(obj.name, p.name, p.name, None, obj.where) for p in info.programs)
+            if not specs:
+                diag(obj.where, f"object {obj.name!r} contains no BPF program")
+        built_obj = built[obj.name]
+        for spec in specs:
+            found = by_name.get(spec.function)
+            if found is None:
+                diag(spec.where, f"object {obj.name!r} has no program {spec.function!r}", _choices(spec.function, by_name))
+                continue
+            type_value = hooks.PROG_TYPES[spec.type_override] if spec.type_override else found.type
+            if type_value == 0:
+                diag(spec.where, f"libbpf does not know the program type of SEC({found.section!r})",
+                     "set 'type' for this program (for example sched_cls or xdp)")
+                continue
+            prog_type = hooks.PROG_TYPE_NAMES.get(type_value, str(type_value))
+            digest = hashlib.sha256("\0".join([built_obj.digest, spec.function, prog_type]).encode()).hexdigest()
+            programs.append(DesiredProgram(
+                pin_name=spec.pin, pin=root / "progs" / spec.pin, object=obj.name, function=spec.function,
+                prog_type=prog_type, type_override=hooks.PROG_TYPES[spec.type_override] if spec.type_override else None,
+                digest=digest, object_path=built_obj.path, maps=bindings))
+            for _inner, outer in bindings:
+                map_users.setdefault(outer, []).append(spec.pin)
+    seen_pins: set[str] = set()
+    for prog in programs:
+        if prog.pin_name in seen_pins:
+            diag(("objects", prog.object), f"two programs would be pinned as {prog.pin_name!r}",
+                 "list the object's programs and give one a different 'pin'")
+        seen_pins.add(prog.pin_name)
+
+    maps: list[DesiredMap] = []
+    for settings in manifest.maps:
+        if settings.name not in map_defs:
+            diag(settings.where, f"no object defines a map {settings.name!r}", _choices(settings.name, map_defs))
+    for name, (geometry, _obj) in sorted(map_defs.items()):
+        settings = manifest.map_settings(name)
+        entries: list[tuple[bytes, bytes]] = []
+        if settings is not None and settings.entries:
+            if geometry.type in PERCPU_MAP_TYPES or geometry.type in NO_ENTRY_MAP_TYPES:
+                diag(settings.where + ("entries",),
+                     f"entries cannot be written to a {hooks.MAP_TYPE_NAMES.get(geometry.type, geometry.type)} map")
+            else:
+                for entry in settings.entries:
+                    key = _encode(entry.key, geometry.key_size, entry.where + ("key",), diag)
+                    value = _encode(entry.value, geometry.value_size, entry.where + ("value",), diag)
+                    if key is not None and value is not None:
+                        entries.append((key, value))
+        maps.append(DesiredMap(
+            name=name, pin=root / "maps" / name, geometry=geometry, entries=tuple(entries),
+            entries_policy=settings.entries_policy if settings else EntriesPolicy.ENFORCE,
+            recreate_if_incompatible=bool(settings and settings.recreate_if_incompatible),
+            users=tuple(map_users.get(name, ()))))
+
+    by_pin = {p.pin_name: p for p in programs}
+    attachments: list[DesiredAttachment] = []
+    for att in manifest.attachments:
+        prog = by_pin.get(att.program)
+        if prog is None:
+            if att.program not in seen_pins:
+                diag(att.where + ("program",), f"no program is pinned as {att.program!r}", _choices(att.program, by_pin))
+            continue
+        at = att.attach_type
+        if prog.prog_type not in at.program_types:
+            diag(att.where + ("type",), f"attach type {at.short[0]!r} does not fit program {att.program!r} "
+                 f"of type {prog.prog_type}", f"{at.short[0]} takes {' or '.join(at.program_types)} programs")
+            continue
+        if at.needs_expected:
+            info = infos[prog.object]
+            found = next(p for p in info.programs if p.name == prog.function)
+            if found.expected_attach_type != at.value and prog.type_override is None:
+                expected = hooks.BY_VALUE.get(found.expected_attach_type)
+                diag(att.where + ("type",), f"program {att.program!r} was built for "
+                     f"{expected.short[0] if expected else found.expected_attach_type}, not {at.short[0]}",
+                     f"its section is SEC({found.section!r}); the kernel refuses the mismatch")
+                continue
+        if att.cgroup is not None:
+            target, create = str(att.cgroup.path), att.cgroup.create
+        elif att.map is not None:
+            target, create = att.map, False
+            desired_map = map_defs.get(att.map)
+            if desired_map is None:
+                diag(att.where + ("map",), f"no object defines a map {att.map!r}", _choices(att.map, map_defs))
+                continue
+            kind = hooks.MAP_TYPE_NAMES.get(desired_map[0].type, "")
+            if kind not in hooks.SOCKMAP_TYPES:
+                diag(att.where + ("map",), f"map {att.map!r} is a {kind}, not a sockmap or sockhash")
+                continue
+        else:
+            target, create = str(att.netns), False
+        attachments.append(DesiredAttachment(name=att.name, pin=root / "links" / att.name, program=att.program,
+                                             attach_type=at, target=target, mode=att.mode, create_cgroup=create))
+    if problems:
+        return None, problems
+    return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments)), problems
+
+
+def _choices(name: str, options) -> str:
+    options = sorted(options)
+    if not options:
+        return ""
+    guess = difflib.get_close_matches(name, options, n=1)
+    if guess:
+        return f"did you mean {guess[0]!r}?"
+    return f"available: {', '.join(options[:12])}"
+
+
+def _encode(value, size: int, where: tuple, diag) -> bytes | None:
+    if isinstance(value, bool):
+        diag(where, "expected an integer, a hex string or a list of bytes, found a boolean")
+        return None
+    if isinstance(value, int):
+        try:
+            return value.to_bytes(size, "little", signed=value < 0)
+        except OverflowError:
+            diag(where, f"{value} does not fit in {size} bytes")
+            return None
+    data = bytes.fromhex(value[2:]) if isinstance(value, str) else bytes(value)
+    if len(data) != size:
+        diag(where, f"expected {size} bytes, found {len(data)}", "the map's key and value sizes come from the object")
+        return None
+    return data

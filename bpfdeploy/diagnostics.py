@@ -1,0 +1,94 @@
+"""Diagnostics and the small family of exceptions the CLI turns into messages and exit codes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes, as Terraform uses them."""
+
+    OK = 0
+    ERROR = 1
+    CHANGES = 2  # plan --detailed-exitcode: changes are pending
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """One problem found in a manifest or on the host.
+
+    file: the manifest (or other input) the problem is in; path: where in the manifest,
+    as a dotted/indexed path (``attachments[2].cgroup``); line: 1-based, when known.
+    """
+
+    message: str
+    file: str = ""
+    path: str = ""
+    line: int | None = None
+    hint: str = ""
+    severity: str = "error"  # "error" | "warning"
+
+    def location(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where = f"{where}:{self.line}" if where else f"line {self.line}"
+        if self.path:
+            where = f"{where}: {self.path}" if where else self.path
+        return where
+
+    def format(self) -> str:
+        text = f"{self.severity}: {self.location()}: {self.message}" if self.location() else f"{self.severity}: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def to_json(self) -> dict:
+        return {
+            "severity": self.severity,
+            "file": self.file,
+            "path": self.path,
+            "line": self.line,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class BpfdeployError(Exception):
+    """Base of every error the CLI reports as a message rather than a traceback."""
+
+    def __init__(self, message: str, diagnostics: tuple[Diagnostic, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.diagnostics = diagnostics
+
+
+class ManifestError(BpfdeployError):
+    """The manifest is invalid; ``diagnostics`` lists every problem found."""
+
+
+class BuildError(BpfdeployError):
+    """clang failed, or an object could not be opened."""
+
+
+class KernelError(BpfdeployError):
+    """A kernel operation failed (load, pin, attach, query)."""
+
+    def __init__(self, message: str, errno: int = 0, log: str = ""):
+        super().__init__(message)
+        self.errno = errno
+        self.log = log
+
+
+class ApplyError(BpfdeployError):
+    """An apply step failed; the steps done before it were rolled back."""
+
+    def __init__(self, message: str, step: str = "", detail: str = "", rollback: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.step = step
+        self.detail = detail
+        self.rollback = rollback
+
+
+class HostError(BpfdeployError):
+    """The host lacks something the command needs (root, bpffs, a tool)."""

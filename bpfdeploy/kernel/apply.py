@@ -1,0 +1,385 @@
+"""Carry out a Plan: the only module that changes the kernel.
+
+Every step records how to undo it. Steps run in the plan's order (cgroups, maps, programs,
+attachments); replacements are staged beside what they replace and swapped in at the end
+(a rename of the pin, or an atomic link update), so until the commit the old programs keep
+running untouched. If any step fails, the undo journal runs in reverse and the host is left
+as it was, map contents included. Deletions run last, after every creation succeeded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from bpfdeploy.desired import DesiredAttachment, DesiredProgram, DesiredState
+from bpfdeploy.diagnostics import ApplyError, KernelError
+from bpfdeploy.hooks import HookKind
+from bpfdeploy.kernel import libbpf
+from bpfdeploy.kernel.live import LiveState
+from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
+from bpfdeploy.record import LegacyAttachment, Record, boot_id, remove_record, write_record
+
+
+@dataclass
+class ApplyResult:
+    done: list[str] = field(default_factory=list)  # "create prog/x", in order
+    warnings: list[str] = field(default_factory=list)
+    mutations: int = 0  # kernel-changing calls made (0 for a no-op plan)
+
+
+class _Undo:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, Callable[[], None]]] = []
+
+    def push(self, what: str, fn: Callable[[], None]) -> None:
+        self.steps.append((what, fn))
+
+    def run(self) -> list[str]:
+        failures = []
+        for what, fn in reversed(self.steps):
+            try:
+                fn()
+            except Exception as exc:  # keep undoing the rest
+                failures.append(f"undo '{what}' failed: {exc}")
+        self.steps.clear()
+        return failures
+
+
+def apply(plan: Plan, desired: DesiredState, live: LiveState, *, destroy: bool = False,
+          state_dir: Path | None = None, on_step: Callable[[Action], None] | None = None,
+          manifest_file: str = "") -> ApplyResult:
+    """Make the kernel match the plan. Raises ApplyError after rolling back on failure."""
+    if plan.errors:
+        raise ApplyError("the plan has errors; nothing was changed")
+    result = ApplyResult()
+    if not plan.changes:
+        return result
+    run = _Run(plan, desired, live, result, state_dir, on_step)
+    try:
+        run.execute()
+    except BaseException as exc:
+        failures = run.undo.run()
+        run.close()
+        step = run.current
+        detail = exc.log if isinstance(exc, KernelError) else ""
+        message = str(exc) if isinstance(exc, Exception) else type(exc).__name__
+        raise ApplyError(f"{step}: {message}" if step else message, step=step, detail=detail,
+                         rollback=tuple(failures)) from (exc if not isinstance(exc, KernelError) else None)
+    run.close()
+    run.commit_deletes()
+    run.write_record(destroy, manifest_file)
+    return result
+
+
+class _Run:
+    def __init__(self, plan: Plan, desired: DesiredState, live: LiveState, result: ApplyResult,
+                 state_dir: Path | None, on_step):
+        self.plan, self.d, self.live, self.result = plan, desired, live, result
+        self.state_dir, self.on_step = state_dir, on_step
+        self.undo = _Undo()
+        self.current = ""
+        self.fds: list[int] = []
+        self.objects: list[libbpf.LoadedObject] = []
+        self.map_fds: dict[str, int] = {}  # deployment map name -> fd to use
+        self.prog_fds: dict[str, int] = {}  # program pin name -> fd of the program to attach
+        self.prog_ids: dict[str, int] = {}  # program pin name -> id after apply
+        self.renames: list[tuple[str, str]] = []  # staged pin -> final pin, done at commit
+        self.legacy: dict[str, LegacyAttachment] = {}
+        self.created_cgroups: set[str] = set(live.record.created_cgroups if live.record else ())
+        self.digests: dict[str, str] = {}
+        self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
+
+    # -- bookkeeping
+    def _fd(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def _mut(self) -> None:
+        self.result.mutations += 1
+
+    def close(self) -> None:
+        for obj in self.objects:
+            obj.close()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.objects, self.fds = [], []
+
+    def _step(self, action: Action) -> None:
+        self.current = f"{action.kind.value} {action.address}"
+        if self.on_step:
+            self.on_step(action)
+        if os.environ.get("BPFDEPLOY_FAIL_AT") == action.address:  # fault injection for tests
+            raise KernelError(f"injected failure (BPFDEPLOY_FAIL_AT={action.address})")
+
+    def _done(self, action: Action) -> None:
+        self.result.done.append(f"{action.kind.value} {action.address}")
+
+    # -- the run
+    def execute(self) -> None:
+        self._ensure_dirs()
+        actions = [a for a in self.plan.actions if a.kind is not Kind.DELETE]
+        for a in actions:
+            if a.resource is Resource.CGROUP:
+                self._cgroup(a)
+        for a in actions:
+            if a.resource is Resource.MAP:
+                self._map(a)
+        self._programs([a for a in actions if a.resource is Resource.PROGRAM])
+        for a in actions:
+            if a.resource is Resource.ATTACHMENT:
+                self._attachment(a)
+        self.current = "commit"
+        for staged, final in self.renames:
+            os.rename(staged, final)
+            self._mut()
+        self.renames.clear()
+        self.undo.steps.clear()  # committed: from here on nothing is rolled back
+        self.current = ""
+
+    def _ensure_dirs(self) -> None:
+        root = self.d.pin_root
+        missing = [p for p in [*reversed(root.parents), root] if str(p).startswith("/sys/fs/bpf/") and not p.exists()]
+        if self.d.maps or self.d.programs or self.d.attachments:
+            missing += [root / sub for sub in ("maps", "progs", "links") if not (root / sub).exists()]
+        for path in missing:
+            self.current = f"create directory {path}"
+            os.mkdir(path)
+            self._mut()
+            self.undo.push(f"rmdir {path}", lambda p=path: os.rmdir(p))
+
+    def _cgroup(self, a: Action) -> None:
+        if a.kind is not Kind.CREATE:
+            return
+        self._step(a)
+        os.makedirs(a.desired, exist_ok=False)
+        self._mut()
+        self.undo.push(f"rmdir {a.desired}", lambda p=a.desired: os.rmdir(p))
+        self.created_cgroups.add(a.desired)
+        self._done(a)
+
+    def _map(self, a: Action) -> None:
+        m = a.desired
+        if a.kind is Kind.NOOP:
+            return
+        self._step(a)
+        if a.kind in (Kind.CREATE, Kind.REPLACE):
+            user = next((p for p in self.d.programs if any(outer == m.name for _i, outer in p.maps)), None)
+            inner = next(i for i, outer in user.maps if outer == m.name)
+            loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+            self.objects.append(loaded)
+            fd = loaded.map_fds[inner]
+            target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+            libbpf.obj_pin(fd, target)
+            self._mut()
+            self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+            if a.kind is Kind.REPLACE:
+                self.renames.append((target, str(m.pin)))
+            self.map_fds[m.name] = fd
+            for key, value in m.entries:
+                libbpf.map_update(fd, key, value)
+                self._mut()
+        else:  # UPDATE: write the listed entries, remembering what was there
+            fd = self._map_fd(m.name)
+            for key, value in a.details:
+                old = libbpf.map_lookup(fd, key, m.geometry.value_size)
+                libbpf.map_update(fd, key, value)
+                self._mut()
+                if old is None:
+                    self.undo.push(f"delete entry of {m.name}", lambda k=key, f=fd: libbpf.map_delete(f, k))
+                else:
+                    self.undo.push(f"restore entry of {m.name}", lambda k=key, v=old, f=fd: libbpf.map_update(f, k, v))
+        self._done(a)
+
+    def _map_fd(self, name: str) -> int:
+        if name not in self.map_fds:
+            self.map_fds[name] = self._fd(libbpf.obj_get(str(self.d.map(name).pin)))
+        return self.map_fds[name]
+
+    def _programs(self, actions: list[Action]) -> None:
+        for a in actions:
+            if a.kind is Kind.NOOP:
+                self.prog_ids[a.desired.pin_name] = a.live_id
+                self.digests[str(a.live_id)] = a.desired.digest
+        todo = [a for a in actions if a.kind in (Kind.CREATE, Kind.REPLACE)]
+        by_object: dict[str, list[Action]] = {}
+        for a in todo:
+            by_object.setdefault(a.desired.object, []).append(a)
+        for group in by_object.values():
+            first: DesiredProgram = group[0].desired
+            for a in group:
+                self._step(a)
+            reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
+            loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
+                                        {a.desired.function: a.desired.type_override for a in group}, reuse)
+            self.objects.append(loaded)
+            for a in group:
+                p: DesiredProgram = a.desired
+                fd = loaded.program_fds[p.function]
+                target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+                libbpf.obj_pin(fd, target)
+                self._mut()
+                self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+                if a.kind is Kind.REPLACE:
+                    self.renames.append((target, str(p.pin)))
+                self.prog_fds[p.pin_name] = fd
+                self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
+                self.digests[str(self.prog_ids[p.pin_name])] = p.digest
+                self._done(a)
+
+    def _prog_fd(self, pin_name: str) -> int:
+        if pin_name not in self.prog_fds:
+            self.prog_fds[pin_name] = self._fd(libbpf.obj_get(str(self.d.program(pin_name).pin)))
+        return self.prog_fds[pin_name]
+
+    def _target_fd(self, a: DesiredAttachment) -> int:
+        if a.kind is HookKind.SOCKMAP:
+            return self._map_fd(a.target)
+        flags = os.O_RDONLY | (os.O_DIRECTORY if a.kind is HookKind.CGROUP else 0)
+        return self._fd(os.open(a.target, flags))
+
+    def _attachment(self, a: Action) -> None:
+        att: DesiredAttachment = a.desired
+        if a.kind is Kind.NOOP:
+            if att.mode.legacy and a.details:
+                self.legacy[att.name] = a.details[1]
+            return
+        self._step(a)
+        prog_fd = self._prog_fd(att.program)
+        if not att.mode.legacy:
+            if a.kind is Kind.UPDATE:
+                link_fd = self._fd(libbpf.obj_get(str(att.pin)))
+                old_prog = libbpf.link_info(link_fd).prog_id
+                old_fd = self._fd(libbpf.prog_fd_by_id(old_prog))
+                libbpf.link_update(link_fd, prog_fd, old_fd)
+                self._mut()
+                self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: libbpf.link_update(l, o))
+            else:
+                link_fd = self._fd(libbpf.link_create(prog_fd, self._target_fd(att), att.attach_type.value))
+                self._mut()
+                target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+                libbpf.obj_pin(link_fd, target)
+                self._mut()
+                self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+                if a.kind is Kind.REPLACE:
+                    self.renames.append((target, str(att.pin)))
+        else:
+            flags = a.details[0]
+            old: LegacyAttachment | None = a.details[1] if len(a.details) > 1 else None
+            target_fd = self._target_fd(att)
+            at = att.attach_type.value
+            if a.kind is Kind.UPDATE and old is not None:
+                old_fd = self._fd(libbpf.prog_fd_by_id(old.prog_id))
+                replace_fd = old_fd if flags & libbpf.BPF_F_ALLOW_MULTI else None
+                libbpf.prog_attach(prog_fd, target_fd, at, flags, replace_fd)
+                self._mut()
+                self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(
+                    old_fd, target_fd, at, flags, prog_fd if replace_fd is not None else None))
+            else:
+                libbpf.prog_attach(prog_fd, target_fd, at, flags)
+                self._mut()
+                self.undo.push(f"detach {att.name}", lambda: libbpf.prog_detach(prog_fd, target_fd, at))
+                if a.kind is Kind.REPLACE and old is not None:
+                    self.plan_deletes_extra.append(old)
+            self.legacy[att.name] = LegacyAttachment(att.name, at, att.target, self.prog_ids[att.program], flags)
+        self._done(a)
+
+    # -- after commit
+    def commit_deletes(self) -> None:
+        for old in list(self.plan_deletes_extra):
+            self._detach_legacy(old)
+        for a in self.plan.actions:
+            if a.kind is not Kind.DELETE:
+                continue
+            self.current = f"delete {a.address}"
+            if self.on_step:
+                self.on_step(a)
+            try:
+                if a.resource is Resource.ATTACHMENT and not a.live_pin:
+                    self._detach_legacy(a.details[1])
+                elif a.resource is Resource.CGROUP:
+                    try:
+                        os.rmdir(a.live_pin)
+                        self.created_cgroups.discard(a.live_pin)
+                    except OSError as exc:
+                        if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
+                            self.result.warnings.append(f"cgroup {a.live_pin} was kept: it still has processes or children")
+                        elif exc.errno == errno.ENOENT:
+                            self.created_cgroups.discard(a.live_pin)
+                        else:
+                            raise
+                else:
+                    os.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
+                self._mut()
+                self._done(a)
+            except (OSError, KernelError) as exc:
+                self.result.warnings.append(f"{self.current} failed: {exc}")
+        self.current = ""
+        self._remove_empty_dirs()
+
+    def _detach_legacy(self, old: LegacyAttachment) -> None:
+        flags = os.O_RDONLY | os.O_DIRECTORY
+        try:
+            target_fd = os.open(old.target, flags)
+        except FileNotFoundError:
+            return
+        try:
+            prog_fd = libbpf.prog_fd_by_id(old.prog_id)
+        except KernelError:
+            os.close(target_fd)
+            return
+        try:
+            libbpf.prog_detach(prog_fd, target_fd, old.attach_type)
+            self._mut()
+        finally:
+            os.close(prog_fd)
+            os.close(target_fd)
+
+    def _remove_empty_dirs(self) -> None:
+        root = self.d.pin_root
+        keep = bool(self.d.maps or self.d.programs or self.d.attachments)
+        for sub in ("links", "progs", "maps"):
+            path = root / sub
+            if not keep and path.is_dir():
+                try:
+                    os.rmdir(path)
+                    self._mut()
+                except OSError:
+                    pass
+        if not keep and root.is_dir():
+            try:
+                os.rmdir(root)
+                self._mut()
+            except OSError:
+                self.result.warnings.append(f"pin root {root} is not empty; it was kept")
+
+    def write_record(self, destroy: bool, manifest_file: str) -> None:
+        if destroy:
+            if not self.created_cgroups:
+                remove_record(self.d.name, self.state_dir)
+                return
+        record = Record(name=self.d.name, pin_root=str(self.d.pin_root), boot_id=boot_id(),
+                        digests=self.digests, legacy=tuple(self.legacy.values()),
+                        created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file)
+        write_record(record, self.state_dir)
+
+
+def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
+    """Mount bpffs where it is missing (a fresh machine has none; bpftool mounts it only as a side effect)."""
+    from bpfdeploy.kernel.live import bpffs_mounted
+
+    if bpffs_mounted(path):
+        return
+    from bpfdeploy.kernel import runner
+
+    result = runner.run(["mount", "-t", "bpf", "bpf", path])
+    if result.returncode != 0:
+        from bpfdeploy.diagnostics import HostError
+
+        raise HostError(f"cannot mount bpffs on {path}: {result.error_text()}")

@@ -1,0 +1,281 @@
+"""Read the live state once, before planning: what the kernel says about one deployment.
+
+Sources: ``bpftool prog|map|link show -j -f`` (run side by side), the pins under the
+deployment's pin root, BPF_PROG_QUERY on each hook the manifest names (cgroups, sockmaps,
+netns: bpftool cannot show sockmap attachments, and ``cgroup tree`` is O(N) in time and
+memory), and the deployment record. Nothing here changes the kernel.
+
+The ``parse_*`` functions are pure, so the planner can be tested on recorded JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpfdeploy.desired import DesiredState, MapGeometry
+from bpfdeploy.diagnostics import HostError
+from bpfdeploy.hooks import BY_VALUE, HookKind
+from bpfdeploy.kernel import runner
+from bpfdeploy.record import Record, read_record
+
+
+@dataclass(frozen=True, slots=True)
+class LiveProgram:
+    id: int
+    type: str
+    name: str
+    tag: str
+    pins: tuple[str, ...]
+    map_ids: tuple[int, ...]
+    loaded_at: int = 0
+    run_cnt: int = 0
+    run_time_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMap:
+    id: int
+    name: str
+    geometry: MapGeometry
+    pins: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveLink:
+    id: int
+    type: str  # bpftool's link type name, or the number when bpftool 7.1 does not know it
+    prog_id: int
+    pins: tuple[str, ...]
+    cgroup_id: int | None = None
+    attach_type: str | None = None
+    netns_ino: int | None = None
+
+
+HookKey = tuple[str, str, int]  # (kind, target, attach type value)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveHook:
+    """What BPF_PROG_QUERY says is attached at one hook."""
+
+    prog_ids: tuple[int, ...]
+    attach_flags: int
+    target_exists: bool = True
+    target_id: int | None = None  # cgroup id (inode) or netns inode
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    pin_root: Path
+    pin_root_exists: bool
+    pinned: tuple[str, ...]  # every file under the pin root
+    programs: dict = field(default_factory=dict)  # pin path -> LiveProgram
+    maps: dict = field(default_factory=dict)  # pin path -> LiveMap
+    links: dict = field(default_factory=dict)  # pin path -> LiveLink
+    hooks: dict = field(default_factory=dict)  # HookKey -> LiveHook
+    record: Record | None = None
+    bpffs_mounted: bool = True
+    map_values: dict = field(default_factory=dict)  # (map pin, key bytes) -> value bytes | None
+    names: dict = field(default_factory=dict)  # program id -> name, for every program on the host
+    existing_cgroups: frozenset = frozenset()  # cgroups the record says we created that still exist
+
+    def program_ids(self) -> set[int]:
+        return {p.id for p in self.programs.values()}
+
+
+# ---------------------------------------------------------------- parsing (pure)
+
+_BAD_FLOW_DISSECTOR = re.compile(r'"flow_dissector":\[\s*"id":\s*(\d+)\s*\]')
+
+
+def _load_json(text: str, what: str):
+    text = text.strip()
+    if not text:
+        return []  # bpftool prints nothing for some empty listings
+    try:
+        return json.loads(text)
+    except ValueError:
+        # bpftool 7.1 `net show -j` prints "flow_dissector":["id":N], which is not JSON.
+        fixed = _BAD_FLOW_DISSECTOR.sub(r'"flow_dissector":[{"id":\1}]', text)
+        try:
+            return json.loads(fixed)
+        except ValueError as exc:
+            raise HostError(f"bpftool {what} printed invalid JSON: {exc}") from None
+
+
+def parse_programs(text: str) -> list[LiveProgram]:
+    out = []
+    for p in _load_json(text, "prog show"):
+        out.append(LiveProgram(id=p["id"], type=str(p.get("type", "")), name=p.get("name", ""), tag=p.get("tag", ""),
+                               pins=tuple(p.get("pinned", ())), map_ids=tuple(p.get("map_ids", ())),
+                               loaded_at=p.get("loaded_at", 0), run_cnt=p.get("run_cnt", 0),
+                               run_time_ns=p.get("run_time_ns", 0)))
+    return out
+
+
+_MAP_TYPE_VALUES = None
+
+
+def _map_type_value(name) -> int:
+    global _MAP_TYPE_VALUES
+    if isinstance(name, int):
+        return name
+    if _MAP_TYPE_VALUES is None:
+        from bpfdeploy.hooks import MAP_TYPE_NAMES
+
+        _MAP_TYPE_VALUES = {v: k for k, v in MAP_TYPE_NAMES.items()}
+    return _MAP_TYPE_VALUES.get(name, -1)
+
+
+def parse_maps(text: str) -> list[LiveMap]:
+    out = []
+    for m in _load_json(text, "map show"):
+        geometry = MapGeometry(_map_type_value(m.get("type")), m.get("bytes_key", 0), m.get("bytes_value", 0),
+                               m.get("max_entries", 0), m.get("flags", 0))
+        out.append(LiveMap(id=m["id"], name=m.get("name", ""), geometry=geometry, pins=tuple(m.get("pinned", ()))))
+    return out
+
+
+def parse_links(text: str) -> list[LiveLink]:
+    out = []
+    for link in _load_json(text, "link show"):
+        out.append(LiveLink(id=link["id"], type=str(link.get("type", "")), prog_id=link.get("prog_id", 0),
+                            pins=tuple(link.get("pinned", ())), cgroup_id=link.get("cgroup_id"),
+                            attach_type=link.get("attach_type"), netns_ino=link.get("netns_ino")))
+    return out
+
+
+def index_by_pin(items, root: Path) -> dict:
+    """Keep the objects pinned under root, by pin path (an object pinned twice appears twice)."""
+    prefix = str(root).rstrip("/") + "/"
+    out = {}
+    for item in items:
+        for pin in item.pins:
+            if pin.startswith(prefix):
+                out[pin] = item
+    return out
+
+
+# ---------------------------------------------------------------- reading (kernel, read-only)
+
+
+def bpffs_mounted(path: str = "/sys/fs/bpf") -> bool:
+    try:
+        return os.statvfs(path) is not None and _fs_type(path) == "bpf"
+    except OSError:
+        return False
+
+
+def _fs_type(path: str) -> str:
+    best, kind = "", ""
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 2 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")):
+                if len(fields[1]) >= len(best):
+                    best, kind = fields[1], fields[2]
+    return kind
+
+
+def walk_pins(root: Path) -> tuple[str, ...]:
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            out.append(os.path.join(dirpath, name))
+    return tuple(sorted(out))
+
+
+def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> LiveState:
+    """Everything the planner needs about this deployment, read once."""
+    root = desired.pin_root
+    record = read_record(desired.name, str(root), state_dir)
+    existing_cgroups = frozenset(c for c in record.created_cgroups if os.path.isdir(c))
+    if not bpffs_mounted():
+        return LiveState(root, False, (), record=record, bpffs_mounted=False,
+                         hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
+    root_exists = root.is_dir()
+    pinned = walk_pins(root) if root_exists else ()
+    programs = maps = links = names = {}
+    if pinned or desired.attachments:
+        argvs = [["bpftool", "-j", "-f", kind, "show"] for kind in ("prog", "map", "link")]
+        procs = [runner.start(a) for a in argvs]
+        results = [runner.finish(a, p) for a, p in zip(argvs, procs)]
+        for r in results:
+            if r.returncode != 0:
+                raise HostError(f"{' '.join(r.argv)} failed: {r.error_text()}")
+        all_programs = parse_programs(results[0].stdout)
+        names = {p.id: p.name for p in all_programs}
+        programs = index_by_pin(all_programs, root)
+        maps = index_by_pin(parse_maps(results[1].stdout), root)
+        links = index_by_pin(parse_links(results[2].stdout), root)
+    map_values = _read_map_values(desired, maps)
+    return LiveState(root, root_exists, pinned, programs, maps, links,
+                     _read_hooks(desired, record, maps), record, True, map_values, names,
+                     existing_cgroups)
+
+
+def _read_map_values(desired: DesiredState, maps: dict) -> dict:
+    from bpfdeploy.kernel import libbpf
+
+    out = {}
+    for m in desired.maps:
+        live = maps.get(str(m.pin))
+        if not m.entries or live is None or not m.geometry.compatible_with(live.geometry):
+            continue
+        fd = libbpf.obj_get(str(m.pin))
+        try:
+            for key, _value in m.entries:
+                out[(str(m.pin), key)] = libbpf.map_lookup(fd, key, live.geometry.value_size)
+        finally:
+            os.close(fd)
+    return out
+
+
+def hook_key(kind: HookKind | str, target: str, attach_type: int) -> HookKey:
+    return (kind.value if isinstance(kind, HookKind) else kind, target, attach_type)
+
+
+def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
+    """BPF_PROG_QUERY on every hook the deployment uses now or used before (legacy attaches)."""
+    from bpfdeploy.kernel import libbpf
+
+    wanted: dict[HookKey, str] = {}
+    for att in desired.attachments:
+        path = str(desired.map(att.target).pin) if att.kind is HookKind.SOCKMAP else att.target
+        wanted[hook_key(att.kind, att.target, att.attach_type.value)] = path
+    for legacy in record.legacy:
+        wanted.setdefault(hook_key(HookKind.CGROUP, legacy.target, legacy.attach_type), legacy.target)
+    out = {}
+    for key, path in wanted.items():
+        kind = key[0]
+        try:
+            if kind == HookKind.SOCKMAP.value:
+                if path not in maps:
+                    out[key] = LiveHook((), 0, target_exists=False)
+                    continue
+                fd = libbpf.obj_get(path)
+            else:
+                flags = os.O_RDONLY | (os.O_DIRECTORY if kind == HookKind.CGROUP.value else 0)
+                fd = os.open(path, flags)
+        except (OSError, Exception) as exc:  # a missing cgroup/netns is a fact to plan with
+            out[key] = LiveHook((), 0, target_exists=False, error=str(exc))
+            continue
+        try:
+            target_id = os.fstat(fd).st_ino if kind != HookKind.SOCKMAP.value else None
+            query = libbpf.prog_query(fd, key[2])
+            out[key] = LiveHook(query.prog_ids, query.attach_flags, True, target_id)
+        except Exception as exc:
+            out[key] = LiveHook((), 0, True, None, error=str(exc))
+        finally:
+            os.close(fd)
+    return out
+
+
+def attach_type_name(value: int) -> str:
+    at = BY_VALUE.get(value)
+    return at.name if at else str(value)

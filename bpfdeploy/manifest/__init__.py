@@ -1,0 +1,28 @@
+"""The manifest: loading (YAML with line marks), the desired-state model, and semantic checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bpfdeploy.diagnostics import Diagnostic, ManifestError
+from bpfdeploy.manifest.model import Manifest
+
+
+def load_manifest(path: Path, cgroup_root: Path | None = None) -> tuple[Manifest, list[Diagnostic]]:
+    """Parse, schema-check and semantically check a manifest.
+
+    Returns the manifest and any warnings; raises ManifestError carrying every error found.
+    """
+    from bpfdeploy.host import cgroup2_root
+    from bpfdeploy.manifest.checks import build_manifest
+    from bpfdeploy.manifest.load import load_raw, schema_diagnostics
+
+    raw = load_raw(path)
+    problems = schema_diagnostics(raw)
+    if problems:
+        raise ManifestError(f"{path}: {len(problems)} problem(s)", tuple(problems))
+    manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root())
+    if manifest is None:
+        errors = tuple(d for d in problems if d.severity == "error")
+        raise ManifestError(f"{path}: {len(errors)} problem(s)", tuple(problems))
+    return manifest, problems

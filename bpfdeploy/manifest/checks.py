@@ -1,0 +1,214 @@
+"""Turn a schema-valid document into a Manifest, collecting every semantic problem.
+
+Checks here need only the manifest and the file system: names, references, paths that
+must stay inside the pin root or the cgroup v2 mount, files that must exist. What needs
+the built objects (do the named programs exist? does the attach type fit?) is checked in
+``bpfdeploy.desired``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+
+from bpfdeploy import hooks
+from bpfdeploy.diagnostics import Diagnostic
+from bpfdeploy.manifest.load import RawManifest
+from bpfdeploy.manifest.model import (
+    DEFAULT_PIN_BASE,
+    AttachMode,
+    AttachmentSpec,
+    CgroupTarget,
+    EntriesPolicy,
+    Manifest,
+    MapEntry,
+    MapSettings,
+    ObjectSpec,
+    ProgramSpec,
+)
+
+BPFFS = Path("/sys/fs/bpf")
+NETNS_DIR = Path("/var/run/netns")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None, list[Diagnostic]]:
+    """The Manifest, or None with the diagnostics that prevent it."""
+    data = raw.data
+    problems: list[Diagnostic] = []
+    base = raw.path.resolve().parent
+    name = data["name"]
+
+    pin_root = _pin_root(raw, data.get("pin_root"), name, problems)
+    objects = tuple(_object(raw, base, oname, odata, problems) for oname, odata in data["objects"].items())
+
+    pins: dict[str, tuple] = {}
+    for obj in objects:
+        for prog in obj.programs or ():
+            if prog.pin in pins:
+                problems.append(raw.diag(prog.where, f"program pin name {prog.pin!r} is used twice",
+                                         f"first used at {_fmt(pins[prog.pin])}; set a different 'pin'"))
+            pins.setdefault(prog.pin, prog.where)
+
+    maps = tuple(_map_settings(raw, mname, mdata) for mname, mdata in (data.get("maps") or {}).items())
+    attachments = []
+    seen_names: dict[str, tuple] = {}
+    for i, adata in enumerate(data.get("attachments") or ()):
+        att = _attachment(raw, i, adata, cgroup_root, problems)
+        if att is None:
+            continue
+        if att.name in seen_names:
+            problems.append(raw.diag(("attachments", i), f"two attachments have the link name {att.name!r}",
+                                     f"the other is at {_fmt(seen_names[att.name])}; give one of them a 'name'"))
+            continue
+        seen_names[att.name] = att.where
+        attachments.append(att)
+
+    if any(d.severity == "error" for d in problems):
+        return None, problems
+    manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
+                        attachments=tuple(attachments), lines=raw.lines)
+    return manifest, problems
+
+
+def _fmt(path: tuple) -> str:
+    from bpfdeploy.manifest.load import format_path
+
+    return format_path(path)
+
+
+def _pin_root(raw: RawManifest, value: str | None, name: str, problems: list) -> Path:
+    if value is None:
+        return Path(DEFAULT_PIN_BASE) / name
+    parts = Path(value).parts
+    if ".." in parts or "." in value:
+        problems.append(raw.diag(("pin_root",), f"pin_root {value!r} may not contain '.' or '..'",
+                                 "bpffs refuses names with a dot, and the pin root must stay inside /sys/fs/bpf"))
+    root = Path(os.path.normpath(value))
+    if root == BPFFS or BPFFS not in root.parents:
+        problems.append(raw.diag(("pin_root",), f"pin_root {value!r} must be a directory below /sys/fs/bpf",
+                                 f"for example {DEFAULT_PIN_BASE}/{name}"))
+    return root
+
+
+def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list) -> ObjectSpec:
+    where = ("objects", name)
+    source = file = None
+    if "source" in data:
+        source = (base / data["source"]).resolve()
+        if not source.is_file():
+            problems.append(raw.diag(where + ("source",), f"source file {data['source']!r} not found",
+                                     f"looked for {source} (paths are relative to the manifest's directory)"))
+    else:
+        file = (base / data["file"]).resolve()
+        if not file.is_file():
+            problems.append(raw.diag(where + ("file",), f"object file {data['file']!r} not found",
+                                     f"looked for {file} (paths are relative to the manifest's directory)"))
+    include_dirs = []
+    for i, inc in enumerate(data.get("include_dirs") or ()):
+        path = (base / inc).resolve()
+        if not path.is_dir():
+            problems.append(raw.diag(where + ("include_dirs", i), f"include directory {inc!r} not found",
+                                     f"looked for {path}"))
+        include_dirs.append(path)
+    if file is not None:
+        for key in ("cflags", "include_dirs", "defines", "vmlinux_h"):
+            if key in data:
+                problems.append(raw.diag(where + (key,), f"{key!r} applies only to an object built from 'source'",
+                                         "a prebuilt 'file' is loaded as it is", severity="warning"))
+    defines = tuple((k, None if v is None else _define_text(v)) for k, v in (data.get("defines") or {}).items())
+    programs = None
+    if data.get("programs"):
+        programs = tuple(
+            ProgramSpec(object=name, function=fn, pin=(pdata or {}).get("pin", fn),
+                        type_override=(pdata or {}).get("type"), where=where + ("programs", fn))
+            for fn, pdata in data["programs"].items()
+        )
+        for prog in programs:
+            if "pin" not in ((data["programs"][prog.function]) or {}) and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}", prog.function):
+                problems.append(raw.diag(prog.where, f"function name {prog.function!r} cannot be a pin name",
+                                         "set 'pin' to a name of letters, digits, '_' and '-'"))
+    renames = tuple((k, v) for k, v in (data.get("maps") or {}).items())
+    return ObjectSpec(name=name, source=source, file=file, cflags=tuple(data.get("cflags") or ()),
+                      include_dirs=tuple(include_dirs), defines=defines, vmlinux_h=bool(data.get("vmlinux_h")),
+                      programs=programs, map_renames=renames, where=where)
+
+
+def _define_text(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _map_settings(raw: RawManifest, name: str, data: dict) -> MapSettings:
+    where = ("maps", name)
+    entries = tuple(
+        MapEntry(key=_bytes_spec(e["key"]), value=_bytes_spec(e["value"]), where=where + ("entries", i))
+        for i, e in enumerate(data.get("entries") or ())
+    )
+    return MapSettings(name=name, entries=entries,
+                       entries_policy=EntriesPolicy(data.get("entries_policy", "enforce")),
+                       recreate_if_incompatible=data.get("on_incompatible_change") == "recreate", where=where)
+
+
+def _bytes_spec(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problems: list) -> AttachmentSpec | None:
+    where = ("attachments", i)
+    at = hooks.attach_type(data["type"])
+    if at is None:
+        guess = difflib.get_close_matches(data["type"], hooks.attach_type_names(), n=1)
+        problems.append(raw.diag(where + ("type",), f"unknown attach type {data['type']!r}",
+                                 f"did you mean {guess[0]!r}?" if guess else
+                                 "expected a cgroup type (ingress, sock_ops, connect4, ...), a sockmap verdict "
+                                 "(msg_verdict, stream_verdict, stream_parser, skb_verdict) or flow_dissector"))
+        return None
+    given = next(k for k in ("cgroup", "map", "netns") if k in data)
+    if given != at.kind.value:
+        problems.append(raw.diag(where + (given,), f"attach type {data['type']!r} needs a '{at.kind.value}' target, not '{given}'"))
+        return None
+    mode = AttachMode(data.get("mode", "link"))
+    if mode.legacy and at.kind is not hooks.HookKind.CGROUP:
+        problems.append(raw.diag(where + ("mode",), f"mode {mode.value!r} is only for cgroup hooks",
+                                 "sockmap and netns attachments are always pinned links"))
+    cgroup = netns = None
+    target = ""
+    if given == "cgroup":
+        spec = data["cgroup"]
+        path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
+        cgroup = _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems)
+        target = str(cgroup.path.relative_to(cgroup_root)) if cgroup and cgroup.path != cgroup_root else "root"
+    elif given == "map":
+        target = data["map"]
+    else:
+        text = data["netns"]
+        netns = Path(text) if text.startswith("/") else NETNS_DIR / text
+        if not text.startswith("/") and "/" in text:
+            problems.append(raw.diag(where + ("netns",), f"netns {text!r} is neither a name nor an absolute path"))
+        target = netns.name if netns.parent == NETNS_DIR else "netns"
+    name = data.get("name") or _UNSAFE.sub("_", f"{data['program']}-{at.short[0]}-{target}")[:128]
+    return AttachmentSpec(name=name, program=data["program"], attach_type=at, cgroup=cgroup,
+                          map=data.get("map"), netns=netns, mode=mode, where=where)
+
+
+def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list) -> CgroupTarget | None:
+    if ".." in Path(text).parts:
+        problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
+        return CgroupTarget(root, create)
+    path = Path(os.path.normpath(text)) if text.startswith("/") else Path(os.path.normpath(root / text))
+    if path != root and root not in path.parents:
+        problems.append(raw.diag(where, f"cgroup path {text!r} is outside the cgroup v2 mount {root}",
+                                 "give a path relative to the cgroup v2 mount, or an absolute path inside it"))
+        return CgroupTarget(root, create)
+    if path.exists():
+        real = path.resolve()
+        if real != root and root.resolve() not in real.parents:
+            problems.append(raw.diag(where, f"cgroup path {text!r} leads outside the cgroup v2 mount (symlink)"))
+    elif not create:
+        problems.append(raw.diag(where, f"cgroup {path} does not exist",
+                                 "create it first, or write cgroup: {path: ..., create: true}"))
+    return CgroupTarget(path, create)

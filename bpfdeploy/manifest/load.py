@@ -1,0 +1,215 @@
+"""Read a manifest file: YAML with a line for every node, then the JSON Schema check.
+
+Every problem is collected (not just the first) and reported with the file, the manifest
+path (``attachments[1].type``) and the line the YAML parser saw it on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bpfdeploy.diagnostics import Diagnostic, ManifestError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RawManifest:
+    """The parsed document plus where each node came from."""
+
+    path: Path
+    data: dict
+    lines: dict[tuple, int]  # manifest path (tuple of keys/indices) -> 1-based line
+
+    def line_of(self, path: tuple) -> int | None:
+        """Line of the node at path, or of its nearest ancestor that has one."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+    def diag(self, path: tuple, message: str, hint: str = "", severity: str = "error") -> Diagnostic:
+        return Diagnostic(message=message, file=str(self.path), path=format_path(path),
+                          line=self.line_of(path), hint=hint, severity=severity)
+
+
+def format_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """The safe loader; nodes are turned into values by _construct, which keeps lines."""
+
+
+def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: list) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                problems.append(Diagnostic("mapping keys must be strings", file, format_path(path), key_node.start_mark.line + 1))
+                continue
+            key = str(key)
+            if key in out:
+                problems.append(Diagnostic(f"duplicate key {key!r}", file, format_path(path + (key,)),
+                                           key_node.start_mark.line + 1, hint="each key may appear once in a mapping"))
+                continue
+            out[key] = _construct(value_node, path + (key,), lines, file, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, path + (i,), lines, file, problems) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+_scalar_loader = _LineLoader("")
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """Construct one scalar with the safe loader's rules (ints, bools, nulls, strings)."""
+    return _scalar_loader.construct_object(node, deep=True)
+
+
+def load_raw(path: Path) -> RawManifest:
+    """Parse the YAML file; raise ManifestError for anything that is not a YAML mapping."""
+    file = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ManifestError(f"{file}: no such file", (Diagnostic("manifest file not found", file),)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{file}: cannot read", (Diagnostic(f"cannot read the manifest: {exc}", file),)) from None
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ManifestError(f"{file}: invalid YAML",
+                            (Diagnostic(f"invalid YAML: {problem}", file, "", line),)) from None
+    if node is None or not isinstance(node, yaml.MappingNode):
+        raise ManifestError(f"{file}: not a mapping", (Diagnostic(
+            "the manifest must be a YAML mapping with version, name and objects", file, "", 1),))
+    lines: dict[tuple, int] = {}
+    problems: list[Diagnostic] = []
+    try:
+        data = _construct(node, (), lines, file, problems)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", file, "", mark.line + 1 if mark else None),)) from None
+    if problems:
+        raise ManifestError(f"{file}: invalid YAML", tuple(problems))
+    return RawManifest(path=path, data=data, lines=lines)
+
+
+_schema_cache: dict | None = None
+
+
+def load_schema() -> dict:
+    global _schema_cache
+    if _schema_cache is None:
+        _schema_cache = json.loads(SCHEMA_PATH.read_text())
+    return _schema_cache
+
+
+def schema_diagnostics(raw: RawManifest) -> list[Diagnostic]:
+    """Every JSON Schema violation in the document, each turned into a readable diagnostic."""
+    import jsonschema  # costly (about 50 ms): only loaded when a manifest is validated
+
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    out: list[Diagnostic] = []
+    seen: set[tuple[str, str]] = set()
+    for error in sorted(validator.iter_errors(raw.data), key=lambda e: list(map(str, e.absolute_path))):
+        for diag in _explain(raw, error, schema):
+            key = (diag.path, diag.message)
+            if key not in seen:
+                seen.add(key)
+                out.append(diag)
+    return out
+
+
+def _explain(raw: RawManifest, error, schema: dict) -> list[Diagnostic]:
+    path = tuple(error.absolute_path)
+    validator = error.validator
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        out = []
+        for key in error.instance:
+            if key in allowed:
+                continue
+            guess = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {guess[0]!r}?" if guess else (f"expected one of: {', '.join(allowed)}" if allowed else "")
+            out.append(raw.diag(path + (key,), f"unknown field {key!r}", hint))
+        return out
+    if validator == "required":
+        return [raw.diag(path, error.message.replace("is a required property", "is required"))]
+    if validator in ("oneOf", "anyOf"):
+        return [_explain_choice(raw, error, path)]
+    if validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        guess = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        return [raw.diag(path, f"{error.instance!r} is not allowed here; expected one of: {allowed}",
+                         f"did you mean {guess[0]!r}?" if guess else "")]
+    if validator == "pattern":
+        desc = error.schema.get("description", "")
+        return [raw.diag(path, f"{error.instance!r} does not match the expected form {error.validator_value}", desc)]
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [raw.diag(path, f"expected {expected}, found {_kind(error.instance)} {error.instance!r}")]
+    if validator == "const":
+        return [raw.diag(path, f"expected {error.validator_value!r}, found {error.instance!r}")]
+    return [raw.diag(path, error.message)]
+
+
+def _explain_choice(raw: RawManifest, error, path: tuple) -> Diagnostic:
+    inst = error.instance
+    if isinstance(inst, dict):
+        options = [s.get("required", []) for s in error.validator_value if "required" in s]
+        if options and all(len(o) == 1 for o in options):
+            names = [o[0] for o in options]
+            present = [n for n in names if n in inst]
+            if not present:
+                return raw.diag(path, f"one of {', '.join(names)} is required")
+            if len(present) > 1:
+                return raw.diag(path, f"only one of {', '.join(present)} may be given")
+    # A value that fits none of several shapes: report the most specific sub-error.
+    best = None
+    for sub in error.context or ():
+        if best is None or len(sub.absolute_path) > len(best.absolute_path):
+            best = sub
+    if best is not None and best.validator not in ("oneOf", "anyOf") and len(best.absolute_path) > len(path):
+        return _explain(raw, best, {})[0]
+    return raw.diag(path, f"{_kind(inst)} {inst!r} does not fit here", error.schema.get("description", ""))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
+    if value is None:
+        return "null"
+    return type(value).__name__

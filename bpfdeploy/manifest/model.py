@@ -1,0 +1,140 @@
+"""The desired state as the manifest states it: frozen dataclasses, paths resolved.
+
+What the objects themselves contain (program types, map geometry) is added later by
+``bpfdeploy.desired`` once the objects are built; this model is what the user wrote.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpfdeploy.hooks import AttachType, HookKind
+
+DEFAULT_PIN_BASE = "/sys/fs/bpf/bpfdeploy"
+
+
+class AttachMode(enum.Enum):
+    LINK = "link"  # pinned bpf_link: identity is its pin, replaced atomically
+    MULTI = "multi"  # legacy attach with BPF_F_ALLOW_MULTI
+    OVERRIDE = "override"  # legacy attach with BPF_F_ALLOW_OVERRIDE
+    EXCLUSIVE = "exclusive"  # legacy attach with no flag: the only program on the hook
+
+    @property
+    def legacy(self) -> bool:
+        return self is not AttachMode.LINK
+
+
+class EntriesPolicy(enum.Enum):
+    ENFORCE = "enforce"  # every apply writes the listed keys
+    SEED = "seed"  # written once, when the map is created
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """One program to load from an object, as the manifest names it."""
+
+    object: str  # the object's name in the manifest
+    function: str  # the program's function name in the object
+    pin: str  # pin name under <pin_root>/progs/; attachments refer to it
+    type_override: str | None  # program type forced by the manifest, else from SEC()
+    where: tuple  # manifest path, for diagnostics
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectSpec:
+    """A BPF object: built from C or prebuilt."""
+
+    name: str
+    source: Path | None  # C source (absolute), when built by us
+    file: Path | None  # prebuilt ELF object (absolute)
+    cflags: tuple[str, ...]
+    include_dirs: tuple[Path, ...]
+    defines: tuple[tuple[str, str | None], ...]
+    vmlinux_h: bool
+    programs: tuple[ProgramSpec, ...] | None  # None: every program in the object, pinned by function name
+    map_renames: tuple[tuple[str, str], ...]  # (name in the object, deployment map name)
+    where: tuple
+
+    def deployment_map_name(self, object_map: str) -> str:
+        for inner, outer in self.map_renames:
+            if inner == object_map:
+                return outer
+        return object_map
+
+
+@dataclass(frozen=True, slots=True)
+class MapEntry:
+    key: int | str | tuple[int, ...]
+    value: int | str | tuple[int, ...]
+    where: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class MapSettings:
+    """What the manifest says about a deployment map (its geometry comes from the objects)."""
+
+    name: str
+    entries: tuple[MapEntry, ...]
+    entries_policy: EntriesPolicy
+    recreate_if_incompatible: bool
+    where: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupTarget:
+    path: Path  # absolute, inside the cgroup v2 mount
+    create: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentSpec:
+    """One attachment: a program on a hook, held by a pinned link or a legacy attach."""
+
+    name: str  # link pin name under <pin_root>/links/ (also the identity of legacy attaches)
+    program: str  # program pin name
+    attach_type: AttachType
+    cgroup: CgroupTarget | None
+    map: str | None  # deployment map name (sockmap/sockhash)
+    netns: Path | None  # netns file
+    mode: AttachMode
+    where: tuple
+
+    @property
+    def kind(self) -> HookKind:
+        return self.attach_type.kind
+
+    def target_text(self) -> str:
+        if self.cgroup is not None:
+            return f"cgroup {self.cgroup.path}"
+        if self.map is not None:
+            return f"map {self.map}"
+        return f"netns {self.netns}"
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated manifest."""
+
+    file: Path
+    name: str
+    pin_root: Path
+    objects: tuple[ObjectSpec, ...]
+    maps: tuple[MapSettings, ...]
+    attachments: tuple[AttachmentSpec, ...]
+    lines: dict  # manifest path -> line, for diagnostics found after loading
+
+    def map_settings(self, name: str) -> MapSettings | None:
+        for m in self.maps:
+            if m.name == name:
+                return m
+        return None
+
+    def line_of(self, path: tuple) -> int | None:
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]

@@ -1,0 +1,378 @@
+"""Planning: a pure function from (desired state, live state) to a Plan.
+
+No I/O, no clock, no globals: everything the planner knows arrived in its arguments, so
+it is tested on recorded bpftool JSON without root. A Plan is data: the applier carries
+out its actions in order and never re-decides from their reasons.
+
+Order: cgroups, maps, programs, attachments; deletions in the reverse order at the end.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpfdeploy.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
+from bpfdeploy.diagnostics import Diagnostic
+from bpfdeploy.hooks import BY_VALUE, HookKind
+from bpfdeploy.kernel.live import LiveState, hook_key
+from bpfdeploy.kernel.libbpf import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE
+from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
+
+PLAN_FORMAT = 1
+STAGING_SUFFIX = "__bpfdeploy_new"  # staged pins of replacements; renamed over the old pin at commit
+
+
+class Kind(enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"  # changed in place (link moved to a new program, map entries written)
+    REPLACE = "replace"  # a new object takes the old one's place
+    DELETE = "delete"
+    NOOP = "no-op"
+
+
+class Resource(enum.Enum):
+    CGROUP = "cgroup"
+    MAP = "map"
+    PROGRAM = "prog"
+    ATTACHMENT = "attach"
+    PIN = "pin"  # a pin under our root that nothing desired explains (an orphan)
+
+
+MODE_FLAGS = {AttachMode.MULTI: BPF_F_ALLOW_MULTI, AttachMode.OVERRIDE: BPF_F_ALLOW_OVERRIDE, AttachMode.EXCLUSIVE: 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step of a plan.
+
+    address: stable name of the resource (``prog/bpf_redir``); reason: for the reader only.
+    desired: the DesiredMap/DesiredProgram/DesiredAttachment to create or keep (None for deletes).
+    live_pin / live_id: the existing kernel object this action changes or removes.
+    details: what the applier needs beyond that (entries to write, a legacy hook to detach).
+    transition: for replacements, whether the hook sees a gap or an overlap.
+    """
+
+    kind: Kind
+    resource: Resource
+    address: str
+    reason: str = ""
+    desired: object = None
+    live_pin: str = ""
+    live_id: int = 0
+    before: str = ""
+    after: str = ""
+    transition: str = ""
+    details: tuple = ()
+
+    def to_json(self) -> dict:
+        out = {"action": self.kind.value, "resource": self.resource.value, "address": self.address,
+               "reason": self.reason, "before": self.before or None, "after": self.after or None}
+        if self.transition:
+            out["transition"] = self.transition
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    pin_root: str
+    actions: tuple[Action, ...]
+    diagnostics: tuple[Diagnostic, ...] = ()  # errors stop apply; warnings (conflicts) are shown
+    conflicts: tuple[str, ...] = field(default=())
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is not Kind.NOOP)
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+    def counts(self) -> dict[str, int]:
+        out = {k.value: 0 for k in Kind}
+        for a in self.actions:
+            out[a.kind.value] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {"format_version": PLAN_FORMAT, "deployment": self.name, "pin_root": self.pin_root,
+                "summary": self.counts(), "changes": bool(self.changes),
+                "actions": [a.to_json() for a in self.actions],
+                "conflicts": list(self.conflicts), "diagnostics": [d.to_json() for d in self.diagnostics]}
+
+
+def plan(desired: DesiredState, live: LiveState, manifest_file: str = "", destroy: bool = False) -> Plan:
+    p = _Planner(desired, live, manifest_file)
+    if destroy:
+        p.gone = "removed by destroy"
+    return p.run()
+
+
+class _Planner:
+    def __init__(self, desired: DesiredState, live: LiveState, file: str):
+        self.d, self.live, self.file = desired, live, file
+        self.actions: list[Action] = []
+        self.deletes: list[Action] = []
+        self.diags: list[Diagnostic] = []
+        self.conflicts: list[str] = []
+        self.replaced_maps: set[str] = set()
+        self.new_programs: set[str] = set()  # pin names loaded anew (create or replace)
+        self.explained: set[str] = set()  # live pins that a desired object accounts for
+        self.gone = "no longer in the manifest"
+
+    def run(self) -> Plan:
+        self._cgroups()
+        for m in self.d.maps:
+            self._map(m)
+        for p in self.d.programs:
+            self._program(p)
+        for a in self.d.attachments:
+            self._attachment(a)
+        self._leftovers()
+        actions = tuple(self.actions) + tuple(self.deletes)
+        return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts))
+
+    # -- cgroups
+    def _cgroups(self) -> None:
+        seen = set()
+        for a in self.d.attachments:
+            if a.kind is not HookKind.CGROUP or a.target in seen:
+                continue
+            seen.add(a.target)
+            hook = self.live.hooks.get(hook_key(a.kind, a.target, a.attach_type.value))
+            exists = hook is not None and hook.target_exists
+            if not exists and a.create_cgroup:
+                self.actions.append(Action(Kind.CREATE, Resource.CGROUP, f"cgroup:{a.target}",
+                                           "the manifest asks for it and it does not exist", after=a.target,
+                                           desired=a.target))
+            elif not exists:
+                self.diags.append(Diagnostic(f"cgroup {a.target} does not exist", self.file,
+                                             hint="create it, or set create: true on the attachment's cgroup"))
+
+    # -- maps
+    def _map(self, m: DesiredMap) -> None:
+        address = f"map/{m.name}"
+        live = self.live.maps.get(str(m.pin))
+        self.explained.add(str(m.pin))
+        after = m.geometry.describe()
+        if live is None:
+            self.actions.append(Action(Kind.CREATE, Resource.MAP, address, "not pinned yet", desired=m, after=after,
+                                       details=m.entries))
+            self.replaced_maps.add(m.name)
+            return
+        if not m.geometry.compatible_with(live.geometry):
+            before = live.geometry.describe()
+            if m.recreate_if_incompatible:
+                self.actions.append(Action(Kind.REPLACE, Resource.MAP, address,
+                                           "its definition changed; on_incompatible_change: recreate (contents are lost)",
+                                           desired=m, live_pin=str(m.pin), live_id=live.id, before=before, after=after,
+                                           details=m.entries))
+                self.replaced_maps.add(m.name)
+            else:
+                self.diags.append(Diagnostic(
+                    f"map {m.name!r} cannot be reused: the pinned map is {before}, the objects now define {after}",
+                    self.file, f"maps.{m.name}",
+                    hint="keep the old definition, or set maps." + m.name + ".on_incompatible_change: recreate "
+                         "to replace it with a new, empty map"))
+            return
+        if m.entries_policy is EntriesPolicy.ENFORCE:
+            differ = tuple((k, v) for k, v in m.entries if self.live.map_values.get((str(m.pin), k)) != v)
+            if differ:
+                self.actions.append(Action(Kind.UPDATE, Resource.MAP, address,
+                                           f"{len(differ)} of its {len(m.entries)} listed entries differ",
+                                           desired=m, live_pin=str(m.pin), live_id=live.id,
+                                           before=f"{len(differ)} entries differ", after=f"{len(m.entries)} entries as listed",
+                                           details=differ))
+                return
+        self.actions.append(Action(Kind.NOOP, Resource.MAP, address, "in sync", desired=m, live_pin=str(m.pin),
+                                   live_id=live.id, before=after, after=after))
+
+    # -- programs
+    def _program(self, p: DesiredProgram) -> None:
+        address = f"prog/{p.pin_name}"
+        live = self.live.programs.get(str(p.pin))
+        self.explained.add(str(p.pin))
+        after = f"{p.prog_type} {p.function} from {p.object} (build {p.digest[:12]})"
+        if live is None:
+            self.actions.append(Action(Kind.CREATE, Resource.PROGRAM, address, "not pinned yet", desired=p, after=after))
+            self.new_programs.add(p.pin_name)
+            return
+        before = f"{live.type} {live.name} id {live.id}"
+        reason = self._program_change(p, live)
+        if reason:
+            self.actions.append(Action(Kind.REPLACE, Resource.PROGRAM, address, reason, desired=p,
+                                       live_pin=str(p.pin), live_id=live.id, before=before, after=after,
+                                       transition="loaded beside the old one; its attachments move to it atomically"))
+            self.new_programs.add(p.pin_name)
+        else:
+            self.actions.append(Action(Kind.NOOP, Resource.PROGRAM, address, "in sync", desired=p, live_pin=str(p.pin),
+                                       live_id=live.id, before=before, after=before))
+
+    def _program_change(self, p: DesiredProgram, live) -> str:
+        record = self.live.record
+        recorded = record.digest_of(live.id) if record else None
+        if recorded is None:
+            return f"program id {live.id} at the pin was not loaded by this deployment (replaced by hand, or no record)"
+        if recorded != p.digest:
+            return "its object changed (source, flags or file)"
+        for _inner, outer in p.maps:
+            if outer in self.replaced_maps:
+                return f"map {outer!r} is created anew"
+            m = self.d.map(outer)
+            live_map = self.live.maps.get(str(m.pin)) if m else None
+            if live_map is not None and live_map.id not in live.map_ids:
+                return f"it does not use the pinned map {outer!r} (id {live_map.id}): the map was replaced by hand"
+        return ""
+
+    # -- attachments
+    def _attachment(self, a: DesiredAttachment) -> None:
+        address = f"attach/{a.name}"
+        prog_changed = a.program in self.new_programs
+        after = f"{a.program} -> {a.hook_text()}" + (f" ({a.mode.value})" if a.mode is not AttachMode.LINK else "")
+        key = hook_key(a.kind, a.target, a.attach_type.value)
+        hook = self.live.hooks.get(key)
+        live_prog = self.live.programs.get(str(self.d.program(a.program).pin))
+        ours = self._our_ids()
+        if hook is not None and hook.prog_ids:
+            foreign = [i for i in hook.prog_ids if i not in ours]
+            if foreign:
+                names = ", ".join(f"id {i} ({self.live.names.get(i, '?')})" for i in foreign)
+                text = f"{a.hook_text()}: {names} attached there, not owned by deployment {self.d.name!r}"
+                if a.mode is AttachMode.LINK or (a.mode is AttachMode.MULTI and hook.attach_flags == BPF_F_ALLOW_MULTI):
+                    self.conflicts.append(text + "; left alone, both run")
+                else:
+                    self.diags.append(Diagnostic(
+                        f"conflict: {text}; a {a.mode.value} attach would replace or be refused, and "
+                        "bpfdeploy never removes what it does not own", self.file,
+                        hint="detach the other program yourself, or use mode: link or multi"))
+                    return
+        if a.mode is AttachMode.LINK:
+            self._link_attachment(a, address, after, hook, live_prog, prog_changed)
+        else:
+            self._legacy_attachment(a, address, after, hook, live_prog, prog_changed)
+
+    def _our_ids(self) -> set[int]:
+        ids = self.live.program_ids()
+        return ids
+
+    def _link_attachment(self, a, address, after, hook, live_prog, prog_changed) -> None:
+        self.explained.add(str(a.pin))
+        link = self.live.links.get(str(a.pin))
+        if link is None:
+            self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, "not attached yet", desired=a, after=after))
+            return
+        before = f"link id {link.id} holding program id {link.prog_id}"
+        target_reason = self._link_target_mismatch(a, link, hook)
+        if target_reason:
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, target_reason, desired=a,
+                                       live_pin=str(a.pin), live_id=link.id, before=before, after=after,
+                                       transition="the new link is attached before the old one is removed (brief overlap)"))
+            return
+        if prog_changed:
+            self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address,
+                                       f"program {a.program!r} is replaced", desired=a, live_pin=str(a.pin),
+                                       live_id=link.id, before=before, after=after,
+                                       transition="atomic link update: no gap, no overlap"))
+            return
+        if live_prog is None or link.prog_id != live_prog.id:
+            self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address,
+                                       f"the link holds program id {link.prog_id}, not the pinned {a.program!r}",
+                                       desired=a, live_pin=str(a.pin), live_id=link.id, before=before, after=after,
+                                       transition="atomic link update: no gap, no overlap"))
+            return
+        self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_pin=str(a.pin),
+                                   live_id=link.id, before=before, after=after))
+
+    def _link_target_mismatch(self, a, link, hook) -> str:
+        if a.kind is HookKind.CGROUP:
+            if link.cgroup_id in (None, 0):
+                return "the link is defunct (its cgroup is gone or it was detached)"
+            if hook is not None and hook.target_id is not None and link.cgroup_id != hook.target_id:
+                return f"the link is on cgroup id {link.cgroup_id}, not {a.target}"
+            if link.attach_type and link.attach_type != a.attach_type.name:
+                return f"the link's attach type is {link.attach_type}, not {a.attach_type.name}"
+        elif a.kind is HookKind.NETNS:
+            if link.netns_ino in (None, 0):
+                return "the link is defunct (its network namespace is gone or it was detached)"
+            if hook is not None and hook.target_id is not None and link.netns_ino != hook.target_id:
+                return f"the link is in another network namespace (inode {link.netns_ino})"
+        elif a.kind is HookKind.SOCKMAP:
+            if a.target in self.replaced_maps:
+                return f"map {a.target!r} is created anew"
+            if hook is not None and link.prog_id not in hook.prog_ids:
+                return "the link no longer holds the map's verdict (detached by hand)"
+        return ""
+
+    def _legacy_attachment(self, a, address, after, hook, live_prog, prog_changed) -> None:
+        record = self.live.record
+        old = next((x for x in (record.legacy if record else ()) if x.name == a.name), None)
+        flags = MODE_FLAGS[a.mode]
+        attached = hook is not None and old is not None and old.prog_id in hook.prog_ids
+        if old is None or not attached:
+            reason = "not attached yet" if old is None else f"program id {old.prog_id} is no longer attached there"
+            self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
+                                       details=(flags,)))
+            return
+        before = f"legacy attach of program id {old.prog_id} ({a.mode.value})"
+        if old.target != a.target or old.attach_type != a.attach_type.value or old.flags != flags:
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its hook or mode changed",
+                                       desired=a, live_id=old.prog_id, before=before, after=after,
+                                       details=(flags, old), transition="attached at the new hook before the old is detached"))
+            return
+        if prog_changed or live_prog is None or live_prog.id != old.prog_id:
+            self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
+                                       desired=a, live_id=old.prog_id, before=before, after=after, details=(flags, old),
+                                       transition="atomic replace (BPF_F_REPLACE)" if a.mode is AttachMode.MULTI
+                                       else "atomic: the new program takes the hook's only slot"))
+            return
+        self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
+                                   before=before, after=after, details=(flags, old)))
+
+    # -- what is live but no longer desired, in reverse dependency order
+    def _leftovers(self) -> None:
+        root = str(self.d.pin_root)
+        desired_names = {a.name for a in self.d.attachments}
+        record = self.live.record
+        for old in (record.legacy if record else ()):
+            if old.name in desired_names:
+                continue
+            hook = self.live.hooks.get(hook_key(HookKind.CGROUP, old.target, old.attach_type))
+            if hook is not None and old.prog_id in hook.prog_ids:
+                at = BY_VALUE.get(old.attach_type)
+                self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}",
+                                           self.gone, live_id=old.prog_id,
+                                           before=f"legacy {at.short[0] if at else old.attach_type} on cgroup {old.target}",
+                                           details=(0, old)))
+        order = {"links": 0, "progs": 1, "maps": 2}
+        leftovers = sorted((p for p in self.live.pinned if p not in self.explained and p != str(self.d.state_pin)),
+                           key=lambda p: (order.get(Path(p).relative_to(root).parts[0], 3), p))
+        for pin in leftovers:
+            rel = str(Path(pin).relative_to(root))
+            top = Path(rel).parts[0]
+            staged = pin.endswith(STAGING_SUFFIX)
+            if top == "links" and pin in self.live.links:
+                link = self.live.links[pin]
+                self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}",
+                                           self.gone if not staged else "left over from an interrupted apply",
+                                           live_pin=pin, live_id=link.id, before=f"link id {link.id}"))
+            elif top == "progs" and pin in self.live.programs and not staged:
+                prog = self.live.programs[pin]
+                self.deletes.append(Action(Kind.DELETE, Resource.PROGRAM, f"prog/{Path(pin).name}", self.gone,
+                                           live_pin=pin, live_id=prog.id, before=f"{prog.type} {prog.name} id {prog.id}"))
+            elif top == "maps" and pin in self.live.maps and not staged:
+                m = self.live.maps[pin]
+                self.deletes.append(Action(Kind.DELETE, Resource.MAP, f"map/{Path(pin).name}",
+                                           f"{self.gone} (its contents are dropped)",
+                                           live_pin=pin, live_id=m.id, before=m.geometry.describe()))
+            else:
+                self.deletes.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}",
+                                           "left over from an interrupted apply" if staged else "not part of the manifest",
+                                           live_pin=pin))
+        wanted_cgroups = {a.target for a in self.d.attachments if a.kind is HookKind.CGROUP and a.create_cgroup}
+        for cgroup in (record.created_cgroups if record else ()):
+            if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:
+                self.deletes.append(Action(Kind.DELETE, Resource.CGROUP, f"cgroup:{cgroup}",
+                                           "created by this deployment and no longer used (removed only if empty)",
+                                           live_pin=cgroup, before=cgroup))
