@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian 12 machine for bpfdeploy (as root), then run one job:
+#   bash scripts/bootstrap.sh demo   plan and apply manifests/sockmap-redirect.yaml, then plan again
+#   bash scripts/bootstrap.sh test   run the whole test suite, kernel tests included
+#   bash scripts/bootstrap.sh setup  only the set-up
+# Safe to run again: installed packages, the virtual environment and mounts are kept.
+set -euo pipefail
+job=${1:-setup}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap: run as root (bpfdeploy loads BPF programs and installs Debian packages)" >&2
+  exit 1
+fi
+
+# Debian packages: the BPF tool chain, iproute2, and Python's venv.
+packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+# The Python package, in a virtual environment of Debian's python3 (no pyenv shim on the hot path).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, jsonschema, rich, pytest, hypothesis' 2>/dev/null; then
+  echo "bootstrap: creating .venv"
+  /usr/bin/python3 -m venv .venv
+  log=$(mktemp)
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
+fi
+
+# bpffs: not mounted on a fresh machine.
+if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != "bpf_fs" ]; then
+  echo "bootstrap: mounting bpffs on /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+case "$job" in
+  setup) echo "bootstrap: ready; run .venv/bin/bpfdeploy --help" ;;
+  demo)
+    manifest=manifests/sockmap-redirect.yaml
+    .venv/bin/bpfdeploy validate "$manifest"
+    .venv/bin/bpfdeploy apply "$manifest"
+    echo
+    echo "== planning again: nothing should change =="
+    .venv/bin/bpfdeploy plan "$manifest" --detailed-exitcode
+    ;;
+  test)
+    export BPFDEPLOY_REQUIRE_KERNEL=1   # kernel tests must run, not skip
+    rc=0
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests "${@:2}" || rc=$?
+    if [ "$rc" = 5 ]; then echo "bootstrap: no tests ran" >&2; exit 1; fi
+    exit "$rc"
+    ;;
+  *) echo "bootstrap: unknown job '$job' (demo, test or setup)" >&2; exit 2 ;;
+esac
