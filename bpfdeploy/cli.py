@@ -164,7 +164,8 @@ def cmd_apply(args, destroy: bool = False) -> int:
         return ExitCode.ERROR
     if getattr(args, "check", False) or not p.changes:
         if args.json:
-            print(json.dumps({"plan": p.to_json(), "applied": False, "done": [], "mutations": 0}, indent=2))
+            print(json.dumps({"plan": p.to_json(), "applied": False, "done": [], "mutations": 0,
+                              "commands": _commands()}, indent=2))
         return ExitCode.OK
     from bpfdeploy.kernel.apply import apply, ensure_bpffs
 
@@ -175,12 +176,19 @@ def cmd_apply(args, destroy: bool = False) -> int:
                    manifest_file=str(args.manifest.resolve()))
     if args.json:
         print(json.dumps({"plan": p.to_json(), "applied": True, "done": result.done, "warnings": result.warnings,
-                          "mutations": result.mutations}, indent=2))
+                          "mutations": result.mutations, "commands": _commands()}, indent=2))
     else:
         for w in result.warnings:
             human.out.print(f"[yellow]warning[/]: {w}")
         human.out.print(f"[green]{'Destroy' if destroy else 'Apply'} complete.[/] {len(result.done)} change(s) made.")
     return ExitCode.OK
+
+
+def _commands() -> list[list[str]]:
+    """External commands this run started (bpftool reads, clang builds, mount)."""
+    from bpfdeploy.kernel import runner
+
+    return [list(c) for c in runner.calls]
 
 
 def cmd_destroy(args) -> int:
