@@ -216,8 +216,14 @@ class _Run:
             for a in group:
                 self._step(a)
             reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
-            loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
-                                        {a.desired.function: a.desired.type_override for a in group}, reuse)
+            try:
+                loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
+                                            {a.desired.function: a.desired.type_override for a in group}, reuse)
+            except KernelError as exc:
+                names = ", ".join(a.desired.function for a in group)
+                hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""
+                raise KernelError(f"loading program(s) {names} of object {first.object!r} failed{hint}: "
+                                  f"{os.strerror(exc.errno) if exc.errno else exc}", exc.errno, exc.log) from None
             self.objects.append(loaded)
             for a in group:
                 p: DesiredProgram = a.desired
