@@ -198,6 +198,8 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             diag(("objects", prog.object), f"two programs would be pinned as {prog.pin_name!r}",
                  "list the object's programs and give one a different 'pin'")
         seen_pins.add(prog.pin_name)
+    # Pins of programs that failed above too, so attachments to them are not reported twice.
+    known_pins = seen_pins | {spec.pin for o in manifest.objects for spec in (o.programs or ())}
 
     maps: list[DesiredMap] = []
     for settings in manifest.maps:
@@ -227,7 +229,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
     for att in manifest.attachments:
         prog = by_pin.get(att.program)
         if prog is None:
-            if att.program not in seen_pins:
+            if att.program not in known_pins:
                 diag(att.where + ("program",), f"no program is pinned as {att.program!r}", _choices(att.program, by_pin))
             continue
         at = att.attach_type

@@ -217,13 +217,19 @@ class _Planner:
             return f"program id {live.id} at the pin was not loaded by this deployment (replaced by hand, or no record)"
         if recorded != p.digest:
             return "its object changed (source, flags or file)"
-        for _inner, outer in p.maps:
+        for inner, outer in p.maps:
             if outer in self.replaced_maps:
                 return f"map {outer!r} is created anew"
             m = self.d.map(outer)
             live_map = self.live.maps.get(str(m.pin)) if m else None
-            if live_map is not None and live_map.id not in live.map_ids:
-                return f"it does not use the pinned map {outer!r} (id {live_map.id}): the map was replaced by hand"
+            if live_map is None:
+                continue
+            # A program may leave some of its object's maps unused, so only a map of the same
+            # name that is not the pinned one shows that the pin was replaced by hand.
+            others = [i for i in live.map_ids if i != live_map.id and self.live.map_names.get(i) == inner[:15]]
+            if others:
+                return (f"it uses map id {others[0]} as {inner!r}, not the pinned {outer!r} (id {live_map.id}): "
+                        "the map was replaced by hand")
         return ""
 
     # -- attachments

@@ -83,6 +83,7 @@ class LiveState:
     map_values: dict = field(default_factory=dict)  # (map pin, key bytes) -> value bytes | None
     names: dict = field(default_factory=dict)  # program id -> name, for every program on the host
     existing_cgroups: frozenset = frozenset()  # cgroups the record says we created that still exist
+    map_names: dict = field(default_factory=dict)  # map id -> name (cut to 15 characters), every map on the host
 
     def program_ids(self) -> set[int]:
         return {p.id for p in self.programs.values()}
@@ -200,7 +201,7 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
                          hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
     root_exists = root.is_dir()
     pinned = walk_pins(root) if root_exists else ()
-    programs = maps = links = names = {}
+    programs = maps = links = names = map_names = {}
     if pinned or desired.attachments:
         argvs = [["bpftool", "-j", "-f", kind, "show"] for kind in ("prog", "map", "link")]
         procs = [runner.start(a) for a in argvs]
@@ -211,12 +212,14 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         all_programs = parse_programs(results[0].stdout)
         names = {p.id: p.name for p in all_programs}
         programs = index_by_pin(all_programs, root)
-        maps = index_by_pin(parse_maps(results[1].stdout), root)
+        all_maps = parse_maps(results[1].stdout)
+        map_names = {m.id: m.name for m in all_maps}
+        maps = index_by_pin(all_maps, root)
         links = index_by_pin(parse_links(results[2].stdout), root)
     map_values = _read_map_values(desired, maps)
     return LiveState(root, root_exists, pinned, programs, maps, links,
                      _read_hooks(desired, record, maps), record, True, map_values, names,
-                     existing_cgroups)
+                     existing_cgroups, map_names)
 
 
 def _read_map_values(desired: DesiredState, maps: dict) -> dict:

@@ -1,14 +1,22 @@
 """Small programs that make traffic; run inside a cgroup/netns by Sandbox.run_in."""
 
 ECHO = """
-import socket, threading
+import socket, threading, time
 N = {n}
+def recv(sock):
+    # With sk_skb programs on the socket, a blocking recv can return EAGAIN before data is queued.
+    for _ in range(500):
+        try:
+            return sock.recv(4096)
+        except BlockingIOError:
+            time.sleep(0.01)
+    raise TimeoutError("no data")
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", 0)); srv.listen(1)
 def serve():
     c, _ = srv.accept()
     while True:
-        d = c.recv(4096)
+        d = recv(c)
         if not d: break
         c.sendall(d)
     c.close()
@@ -20,7 +28,7 @@ for i in range(N):
     cl.sendall(msg)
     got = b""
     while len(got) < len(msg):
-        chunk = cl.recv(4096)
+        chunk = recv(cl)
         if not chunk: break
         got += chunk
     ok += got == msg
