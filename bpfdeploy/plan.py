@@ -123,6 +123,12 @@ class _Planner:
         self.gone = "no longer in the manifest"
 
     def run(self) -> Plan:
+        for other, root in self.live.overlapping:
+            self.diags.append(Diagnostic(
+                f"pin root {self.d.pin_root} overlaps deployment {other!r} (pin root {root})", self.file, "pin_root",
+                hint="every deployment needs a pin root of its own, neither inside nor around another's"))
+        if self.live.overlapping:
+            return Plan(self.d.name, str(self.d.pin_root), (), tuple(self.diags))
         self._cgroups()
         for m in self.d.maps:
             self._map(m)
@@ -372,10 +378,15 @@ class _Planner:
                 self.deletes.append(Action(Kind.DELETE, Resource.MAP, f"map/{Path(pin).name}",
                                            f"{self.gone} (its contents are dropped)",
                                            live_pin=pin, live_id=m.id, before=m.geometry.describe()))
-            else:
+            elif top in ("links", "progs", "maps"):
                 self.deletes.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}",
                                            "left over from an interrupted apply" if staged else "not part of the manifest",
                                            live_pin=pin))
+            else:
+                # Outside the layout bpfdeploy writes: someone else's pin. Never delete it.
+                self.diags.append(Diagnostic(
+                    f"{pin} is inside the pin root but was not made by bpfdeploy", self.file, "pin_root",
+                    hint="choose a pin root of the deployment's own; bpfdeploy removes nothing it did not create"))
         wanted_cgroups = {a.target for a in self.d.attachments if a.kind is HookKind.CGROUP and a.create_cgroup}
         for cgroup in (record.created_cgroups if record else ()):
             if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:

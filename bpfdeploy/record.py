@@ -101,3 +101,22 @@ def write_record(record: Record, directory: Path | None = None) -> None:
 
 def remove_record(name: str, directory: Path | None = None) -> None:
     record_path(name, directory).unlink(missing_ok=True)
+
+
+def other_deployments(name: str, directory: Path | None = None) -> list[tuple[str, str]]:
+    """(name, pin root) of every other deployment with a record on this host."""
+    out = []
+    directory = directory or state_dir()
+    try:
+        files = sorted(directory.glob("*.json"))
+    except OSError:
+        return out
+    for path in files:
+        if path.stem == name:
+            continue
+        try:
+            data = json.loads(path.read_text())
+            out.append((str(data["name"]), str(data["pin_root"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out

@@ -20,7 +20,7 @@ from bpfdeploy.desired import DesiredState, MapGeometry
 from bpfdeploy.diagnostics import HostError
 from bpfdeploy.hooks import BY_VALUE, HookKind
 from bpfdeploy.kernel import runner
-from bpfdeploy.record import Record, read_record
+from bpfdeploy.record import Record, other_deployments, read_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,7 @@ class LiveState:
     pin_root: Path
     pin_root_exists: bool
     pinned: tuple[str, ...]  # every file under the pin root
+    overlapping: tuple = ()  # (name, pin root) of other deployments whose pin root overlaps ours
     programs: dict = field(default_factory=dict)  # pin path -> LiveProgram
     maps: dict = field(default_factory=dict)  # pin path -> LiveMap
     links: dict = field(default_factory=dict)  # pin path -> LiveLink
@@ -183,6 +184,10 @@ def _fs_type(path: str) -> str:
     return kind
 
 
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
 def walk_pins(root: Path) -> tuple[str, ...]:
     out = []
     for dirpath, _dirs, files in os.walk(root):
@@ -196,8 +201,9 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
     root = desired.pin_root
     record = read_record(desired.name, str(root), state_dir)
     existing_cgroups = frozenset(c for c in record.created_cgroups if os.path.isdir(c))
+    overlapping = tuple((n, r) for n, r in other_deployments(desired.name, state_dir) if _overlaps(Path(r), root))
     if not bpffs_mounted():
-        return LiveState(root, False, (), record=record, bpffs_mounted=False,
+        return LiveState(root, False, (), overlapping, record=record, bpffs_mounted=False,
                          hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
     root_exists = root.is_dir()
     pinned = walk_pins(root) if root_exists else ()
@@ -217,7 +223,7 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         maps = index_by_pin(all_maps, root)
         links = index_by_pin(parse_links(results[2].stdout), root)
     map_values = _read_map_values(desired, maps)
-    return LiveState(root, root_exists, pinned, programs, maps, links,
+    return LiveState(root, root_exists, pinned, overlapping, programs, maps, links,
                      _read_hooks(desired, record, maps), record, True, map_values, names,
                      existing_cgroups, map_names)
 

@@ -90,6 +90,12 @@ def _pin_root(raw: RawManifest, value: str | None, name: str, problems: list) ->
     if root == BPFFS or BPFFS not in root.parents:
         problems.append(raw.diag(("pin_root",), f"pin_root {value!r} must be a directory below /sys/fs/bpf",
                                  f"for example {DEFAULT_PIN_BASE}/{name}"))
+        return root
+    for part in [*reversed(root.parents), root]:
+        if part.is_symlink():
+            problems.append(raw.diag(("pin_root",), f"pin_root {value!r} goes through the symlink {part}",
+                                     "a pin root must be a real directory inside /sys/fs/bpf"))
+            break
     return root
 
 
