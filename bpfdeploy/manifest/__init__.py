@@ -18,10 +18,15 @@ def load_manifest(path: Path, cgroup_root: Path | None = None) -> tuple[Manifest
     from bpfdeploy.manifest.load import load_raw, schema_diagnostics
 
     raw = load_raw(path)
-    problems = schema_diagnostics(raw)
-    if problems:
-        raise ManifestError(f"{path}: {len(problems)} problem(s)", tuple(problems))
+    schema_problems = schema_diagnostics(raw)
+    # The semantic checks run even on a document the schema refused (malformed items are
+    # skipped), so that every problem is reported at once.
     manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root())
+    if schema_problems:
+        seen = {(d.path, d.message) for d in schema_problems}
+        merged = list(schema_problems) + [d for d in problems if (d.path, d.message) not in seen]
+        merged.sort(key=lambda d: (d.line or 0, d.path))
+        raise ManifestError(f"{path}: {len(merged)} problem(s)", tuple(merged))
     if manifest is None:
         errors = tuple(d for d in problems if d.severity == "error")
         raise ManifestError(f"{path}: {len(errors)} problem(s)", tuple(problems))

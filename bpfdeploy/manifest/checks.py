@@ -39,10 +39,12 @@ def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None
     data = raw.data
     problems: list[Diagnostic] = []
     base = raw.path.resolve().parent
-    name = data["name"]
+    name = data.get("name") if isinstance(data.get("name"), str) else "unnamed"
 
-    pin_root = _pin_root(raw, data.get("pin_root"), name, problems)
-    objects = tuple(_object(raw, base, oname, odata, problems) for oname, odata in data["objects"].items())
+    pin_root = _pin_root(raw, data.get("pin_root"), name, problems) if isinstance(data.get("pin_root"), (str, type(None))) \
+        else Path("/sys/fs/bpf/bpfdeploy") / name
+    objects = tuple(o for o in (_tolerant(_object, raw, base, oname, odata, problems)
+                                for oname, odata in _items(data.get("objects"))) if o is not None)
 
     pins: dict[str, tuple] = {}
     for obj in objects:
@@ -52,11 +54,13 @@ def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None
                                          f"first used at {_fmt(pins[prog.pin])}; set a different 'pin'"))
             pins.setdefault(prog.pin, prog.where)
 
-    maps = tuple(_map_settings(raw, mname, mdata) for mname, mdata in (data.get("maps") or {}).items())
+    maps = tuple(m for m in (_tolerant(_map_settings, raw, mname, mdata) for mname, mdata in _items(data.get("maps")))
+                 if m is not None)
     attachments = []
     seen_names: dict[str, tuple] = {}
-    for i, adata in enumerate(data.get("attachments") or ()):
-        att = _attachment(raw, i, adata, cgroup_root, problems)
+    attachment_list = data.get("attachments") if isinstance(data.get("attachments"), list) else []
+    for i, adata in enumerate(attachment_list):
+        att = _tolerant(_attachment, raw, i, adata, cgroup_root, problems)
         if att is None:
             continue
         if att.name in seen_names:
@@ -71,6 +75,18 @@ def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
                         attachments=tuple(attachments), lines=raw.lines)
     return manifest, problems
+
+
+def _items(value) -> list:
+    return list(value.items()) if isinstance(value, dict) else []
+
+
+def _tolerant(check, *args):
+    """Run one item's checks; an item the schema already found malformed is skipped, not crashed on."""
+    try:
+        return check(*args)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _fmt(path: tuple) -> str:
@@ -172,6 +188,10 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
                                  f"did you mean {guess[0]!r}?" if guess else
                                  "expected a cgroup type (ingress, sock_ops, connect4, ...), a sockmap verdict "
                                  "(msg_verdict, stream_verdict, stream_parser, skb_verdict) or flow_dissector"))
+        if "cgroup" in data:  # still check the target, so every problem shows at once
+            spec = data["cgroup"]
+            path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
+            _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems)
         return None
     given = next(k for k in ("cgroup", "map", "netns") if k in data)
     if given != at.kind.value:

@@ -70,6 +70,7 @@ def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: l
                                            key_node.start_mark.line + 1, hint="each key may appear once in a mapping"))
                 continue
             out[key] = _construct(value_node, path + (key,), lines, file, problems)
+            lines[path + (key,)] = key_node.start_mark.line + 1  # point at "key:", not at its value
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, path + (i,), lines, file, problems) for i, item in enumerate(node.value)]
