@@ -31,10 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("plan", help="show what apply would change"))
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes pending, 1: error")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
-    p = common(sub.add_parser("apply", help="make the kernel match the manifest"))
+    p.add_argument("--out", type=Path, metavar="FILE", help="save the plan, with a fingerprint of the live state, "
+                                                             "for 'bpfdeploy apply FILE'")
+    p = common(sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved plan)"))
     p.add_argument("--check", action="store_true", help="plan only; change nothing")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
-    common(sub.add_parser("destroy", help="remove everything the deployment owns"))
+    p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
+                   help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
+    p = common(sub.add_parser("destroy", help="remove everything the deployment owns"))
+    p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
+                   help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
     return parser
 
 
@@ -117,15 +123,19 @@ def cmd_validate(args) -> int:
     return ExitCode.OK
 
 
-def _plan(args, destroy: bool = False):
-    from bpfdeploy.kernel.live import read_live_state
-    from bpfdeploy.plan import plan
+def _prepare(args, manifest: Path, destroy: bool = False):
     from bpfdeploy.workflow import prepare
 
     _require_root()
-    prepared = prepare(args.manifest, _build_progress(args), destroy=destroy)
+    return prepare(manifest, _build_progress(args), destroy=destroy)
+
+
+def _plan_for(prepared, manifest: Path, destroy: bool = False):
+    from bpfdeploy.kernel.live import read_live_state
+    from bpfdeploy.plan import plan
+
     live = read_live_state(prepared.desired)
-    return prepared, live, plan(prepared.desired, live, str(args.manifest), destroy=destroy)
+    return live, plan(prepared.desired, live, str(manifest), destroy=destroy)
 
 
 def _require_root() -> None:
@@ -135,14 +145,28 @@ def _require_root() -> None:
         raise HostError("bpfdeploy needs root (CAP_BPF and CAP_SYS_ADMIN) to read and change BPF state")
 
 
+SAVED_PLAN_KEY = "bpfdeploy_saved_plan"
+
+
 def cmd_plan(args) -> int:
-    _prepared, _live, p = _plan(args)
+    prepared = _prepare(args, args.manifest)
+    live, p = _plan_for(prepared, args.manifest)
+    if args.out and not p.errors:
+        from bpfdeploy.kernel.live import fingerprint
+
+        saved = {SAVED_PLAN_KEY: 1, "manifest": str(args.manifest.resolve()),
+                 "desired": _desired_digest(prepared.desired), "live": fingerprint(live), "plan": p.to_json()}
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(json.dumps(saved, indent=1))
+        tmp.replace(args.out)
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:
         from bpfdeploy.render import human
 
         human.plan(p, verbose=args.verbose)
+        if args.out and not p.errors:
+            human.out.print(f"Saved the plan to {args.out}; carry it out with: bpfdeploy apply {args.out}")
     if p.errors:
         return ExitCode.ERROR
     if args.detailed_exitcode and p.changes:
@@ -150,8 +174,63 @@ def cmd_plan(args) -> int:
     return ExitCode.OK
 
 
+def _desired_digest(desired) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(desired).encode()).hexdigest()
+
+
+def _saved_plan(path: Path) -> dict | None:
+    """The saved plan in FILE, or None when FILE is a manifest."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and SAVED_PLAN_KEY in data else None
+
+
 def cmd_apply(args, destroy: bool = False) -> int:
-    prepared, live, p = _plan(args, destroy=destroy)
+    from bpfdeploy.lock import deployment_lock
+
+    saved = None if destroy else _saved_plan(args.manifest)
+    manifest = Path(saved["manifest"]) if saved else args.manifest
+    prepared = _prepare(args, manifest, destroy=destroy)
+    human = None
+    if not args.json:
+        from bpfdeploy.render import human
+
+    def on_wait(message: str) -> None:
+        (human.err.print(message) if human else print(message, file=sys.stderr))
+
+    with deployment_lock(prepared.desired.name, args.lock_timeout, on_wait):
+        live, p = _plan_for(prepared, manifest, destroy=destroy)
+        if saved:
+            _check_saved(saved, prepared, live, p, args.manifest)
+        return _apply_plan(args, prepared, live, p, manifest, destroy)
+
+
+def _check_saved(saved: dict, prepared, live, p, path: Path) -> None:
+    """A saved plan is carried out only if nothing it was computed from has moved."""
+    from bpfdeploy.diagnostics import BpfdeployError
+    from bpfdeploy.kernel.live import fingerprint
+
+    if saved.get("desired") != _desired_digest(prepared.desired):
+        raise BpfdeployError(f"the saved plan {path} is stale: the manifest or its objects changed since it was made; "
+                             "run bpfdeploy plan --out again")
+    if saved.get("live") != fingerprint(live):
+        raise BpfdeployError(f"the saved plan {path} is stale: the live state changed since it was made "
+                             "(another apply, or a change by hand); run bpfdeploy plan --out again")
+    if saved.get("plan", {}).get("actions") != p.to_json()["actions"]:
+        raise BpfdeployError(f"the saved plan {path} no longer matches what would be done; run bpfdeploy plan --out again")
+
+
+def _apply_plan(args, prepared, live, p, manifest: Path, destroy: bool) -> int:
     title = "Destroy plan" if destroy else "Plan"
     human = None
     if not args.json:
@@ -173,7 +252,7 @@ def cmd_apply(args, destroy: bool = False) -> int:
     if human:
         human.out.print("[bold]Applying[/]" if not destroy else "[bold]Destroying[/]")
     result = apply(p, prepared.desired, live, destroy=destroy, on_step=human.step if human else None,
-                   manifest_file=str(args.manifest.resolve()))
+                   manifest_file=str(manifest.resolve()))
     if args.json:
         print(json.dumps({"plan": p.to_json(), "applied": True, "done": result.done, "warnings": result.warnings,
                           "mutations": result.mutations, "commands": _commands()}, indent=2))

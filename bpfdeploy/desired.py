@@ -84,6 +84,7 @@ class DesiredAttachment:
     target: str  # cgroup path, deployment map name, or netns file path
     mode: AttachMode
     create_cgroup: bool
+    where: tuple = ()  # manifest path, for diagnostics
 
     @property
     def kind(self) -> HookKind:
@@ -261,7 +262,8 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         else:
             target, create = str(att.netns), False
         attachments.append(DesiredAttachment(name=att.name, pin=root / "links" / att.name, program=att.program,
-                                             attach_type=at, target=target, mode=att.mode, create_cgroup=create))
+                                             attach_type=at, target=target, mode=att.mode, create_cgroup=create,
+                                             where=att.where))
     if problems:
         return None, problems
     return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments)), problems

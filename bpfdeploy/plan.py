@@ -18,6 +18,7 @@ from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import BY_VALUE, HookKind
 from bpfdeploy.kernel.live import LiveState, hook_key
 from bpfdeploy.kernel.libbpf import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE
+from bpfdeploy.manifest.load import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
 
 PLAN_FORMAT = 1
@@ -115,6 +116,7 @@ class _Planner:
         self.d, self.live, self.file = desired, live, file
         self.actions: list[Action] = []
         self.deletes: list[Action] = []
+        self.cleanup: list[Action] = []  # leftovers of a killed apply, removed before anything else
         self.diags: list[Diagnostic] = []
         self.conflicts: list[str] = []
         self.replaced_maps: set[str] = set()
@@ -137,7 +139,7 @@ class _Planner:
         for a in self.d.attachments:
             self._attachment(a)
         self._leftovers()
-        actions = tuple(self.actions) + tuple(self.deletes)
+        actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
         return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts))
 
     # -- cgroups
@@ -252,13 +254,21 @@ class _Planner:
             if foreign:
                 names = ", ".join(f"id {i} ({self.live.names.get(i, '?')})" for i in foreign)
                 text = f"{a.hook_text()}: {names} attached there, not owned by deployment {self.d.name!r}"
-                if a.mode is AttachMode.LINK or (a.mode is AttachMode.MULTI and hook.attach_flags == BPF_F_ALLOW_MULTI):
+                # Only a cgroup hook in multi mode runs several programs side by side. Elsewhere a
+                # second attach is refused (EPERM) or silently replaces the other program (a sockmap
+                # verdict, the netns flow dissector), and bpfdeploy never removes what it does not own.
+                shared = (a.kind is HookKind.CGROUP and a.mode in (AttachMode.LINK, AttachMode.MULTI)
+                          and hook.attach_flags == BPF_F_ALLOW_MULTI)
+                if shared:
                     self.conflicts.append(text + "; left alone, both run")
                 else:
+                    why = ("the hook holds one program" if a.kind is not HookKind.CGROUP else
+                           "the other program is attached without BPF_F_ALLOW_MULTI" if hook.attach_flags != BPF_F_ALLOW_MULTI
+                           else f"a {a.mode.value} attach would replace it or be refused")
                     self.diags.append(Diagnostic(
-                        f"conflict: {text}; a {a.mode.value} attach would replace or be refused, and "
-                        "bpfdeploy never removes what it does not own", self.file,
-                        hint="detach the other program yourself, or use mode: link or multi"))
+                        f"conflict: {text}; {why}, and bpfdeploy never removes what it does not own",
+                        self.file, format_path(a.where), hint="detach the other program yourself"
+                        + (", or use mode: link or multi" if a.kind is HookKind.CGROUP else "")))
                     return
         if a.mode is AttachMode.LINK:
             self._link_attachment(a, address, after, hook, live_prog, prog_changed)
@@ -328,10 +338,17 @@ class _Planner:
                                        details=(flags,)))
             return
         before = f"legacy attach of program id {old.prog_id} ({a.mode.value})"
-        if old.target != a.target or old.attach_type != a.attach_type.value or old.flags != flags:
-            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its hook or mode changed",
+        if old.target != a.target or old.attach_type != a.attach_type.value:
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its hook changed",
                                        desired=a, live_id=old.prog_id, before=before, after=after,
                                        details=(flags, old), transition="attached at the new hook before the old is detached"))
+            return
+        if old.flags != flags:
+            # The kernel refuses mixed flags on one hook, so this cannot be make-before-break.
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its attach mode changed",
+                                       desired=a, live_id=old.prog_id, before=before, after=after,
+                                       details=(flags, old), transition="the old attach is removed before the new one "
+                                       "is made: the hook has no program for a moment (gap)"))
             return
         if prog_changed or live_prog is None or live_prog.id != old.prog_id:
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
@@ -345,10 +362,10 @@ class _Planner:
     # -- what is live but no longer desired, in reverse dependency order
     def _leftovers(self) -> None:
         root = str(self.d.pin_root)
-        desired_names = {a.name for a in self.d.attachments}
+        legacy_names = {a.name for a in self.d.attachments if a.mode.legacy}
         record = self.live.record
         for old in (record.legacy if record else ()):
-            if old.name in desired_names:
+            if old.name in legacy_names:  # still a legacy attach: planned above (kept, updated or moved)
                 continue
             hook = self.live.hooks.get(hook_key(HookKind.CGROUP, old.target, old.attach_type))
             if hook is not None and old.prog_id in hook.prog_ids:
@@ -364,30 +381,32 @@ class _Planner:
             rel = str(Path(pin).relative_to(root))
             top = Path(rel).parts[0]
             staged = pin.endswith(STAGING_SUFFIX)
-            if top == "links" and pin in self.live.links:
+            if staged and top in ("links", "progs", "maps"):
+                # Garbage of a killed apply: removed first, so that staging can use the name again.
+                self.cleanup.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}", "left over from an interrupted apply",
+                                           live_pin=pin, details=("early",)))
+            elif top == "links" and pin in self.live.links:
                 link = self.live.links[pin]
-                self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}",
-                                           self.gone if not staged else "left over from an interrupted apply",
+                self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}", self.gone,
                                            live_pin=pin, live_id=link.id, before=f"link id {link.id}"))
-            elif top == "progs" and pin in self.live.programs and not staged:
+            elif top == "progs" and pin in self.live.programs:
                 prog = self.live.programs[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.PROGRAM, f"prog/{Path(pin).name}", self.gone,
                                            live_pin=pin, live_id=prog.id, before=f"{prog.type} {prog.name} id {prog.id}"))
-            elif top == "maps" and pin in self.live.maps and not staged:
+            elif top == "maps" and pin in self.live.maps:
                 m = self.live.maps[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.MAP, f"map/{Path(pin).name}",
                                            f"{self.gone} (its contents are dropped)",
                                            live_pin=pin, live_id=m.id, before=m.geometry.describe()))
             elif top in ("links", "progs", "maps"):
-                self.deletes.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}",
-                                           "left over from an interrupted apply" if staged else "not part of the manifest",
+                self.deletes.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}", "not part of the manifest",
                                            live_pin=pin))
             else:
                 # Outside the layout bpfdeploy writes: someone else's pin. Never delete it.
                 self.diags.append(Diagnostic(
                     f"{pin} is inside the pin root but was not made by bpfdeploy", self.file, "pin_root",
                     hint="choose a pin root of the deployment's own; bpfdeploy removes nothing it did not create"))
-        wanted_cgroups = {a.target for a in self.d.attachments if a.kind is HookKind.CGROUP and a.create_cgroup}
+        wanted_cgroups = {a.target for a in self.d.attachments if a.kind is HookKind.CGROUP}
         for cgroup in (record.created_cgroups if record else ()):
             if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:
                 self.deletes.append(Action(Kind.DELETE, Resource.CGROUP, f"cgroup:{cgroup}",

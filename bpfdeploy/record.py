@@ -70,8 +70,58 @@ def record_path(name: str, directory: Path | None = None) -> Path:
     return (directory or state_dir()) / f"{name}.json"
 
 
+def journal_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or state_dir()) / f"{name}.journal"
+
+
+def journal_append(name: str, entry: dict, directory: Path | None = None) -> None:
+    """Note one fact of an apply in progress (fsync'd), so a killed apply is understood later."""
+    path = journal_path(name, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"boot_id": boot_id(), **entry}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _with_journal(record: Record, directory: Path | None) -> Record:
+    """Merge what an interrupted apply journaled into the record (same boot only)."""
+    try:
+        lines = journal_path(record.name, directory).read_text().splitlines()
+    except OSError:
+        return record
+    digests, legacy, cgroups = dict(record.digests), {a.name: a for a in record.legacy}, set(record.created_cgroups)
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by the kill
+        if entry.get("boot_id") != record.boot_id:
+            continue
+        if "digest" in entry:
+            digests[str(entry["digest"][0])] = str(entry["digest"][1])
+        elif "cgroup" in entry:
+            cgroups.add(entry["cgroup"])
+        elif "legacy" in entry:
+            try:
+                a = LegacyAttachment(**entry["legacy"])
+                legacy[a.name] = a
+            except TypeError:
+                continue
+    return Record(record.name, record.pin_root, record.boot_id, digests, tuple(legacy.values()),
+                  tuple(sorted(cgroups)), record.manifest)
+
+
 def read_record(name: str, pin_root: str, directory: Path | None = None, current_boot: str | None = None) -> Record:
-    """The record of a deployment, or an empty one (none yet, another boot, unreadable)."""
+    """The record of a deployment (with any journal of an interrupted apply merged in),
+    or an empty one (none yet, another boot, unreadable)."""
+    return _with_journal(_read_record_file(name, pin_root, directory, current_boot), directory)
+
+
+def _read_record_file(name: str, pin_root: str, directory: Path | None, current_boot: str | None) -> Record:
     empty = Record(name=name, pin_root=pin_root, boot_id=current_boot or boot_id())
     try:
         data = json.loads(record_path(name, directory).read_text())
@@ -97,10 +147,12 @@ def write_record(record: Record, directory: Path | None = None) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
+    journal_path(record.name, directory).unlink(missing_ok=True)  # the record now holds it all
 
 
 def remove_record(name: str, directory: Path | None = None) -> None:
     record_path(name, directory).unlink(missing_ok=True)
+    journal_path(name, directory).unlink(missing_ok=True)
 
 
 def other_deployments(name: str, directory: Path | None = None) -> list[tuple[str, str]]:
@@ -112,7 +164,7 @@ def other_deployments(name: str, directory: Path | None = None) -> list[tuple[st
     except OSError:
         return out
     for path in files:
-        if path.stem == name:
+        if path.stem == name or ".tmp" in path.name:
             continue
         try:
             data = json.loads(path.read_text())

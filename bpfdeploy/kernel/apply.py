@@ -21,7 +21,8 @@ from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
-from bpfdeploy.record import LegacyAttachment, Record, boot_id, remove_record, write_record
+from bpfdeploy.record import (LegacyAttachment, Record, boot_id, journal_append, journal_path, remove_record,
+                              write_record)
 
 
 @dataclass
@@ -64,6 +65,8 @@ def apply(plan: Plan, desired: DesiredState, live: LiveState, *, destroy: bool =
     except BaseException as exc:
         failures = run.undo.run()
         run.close()
+        if not failures:  # everything was undone: what the journal noted no longer exists
+            journal_path(desired.name, state_dir).unlink(missing_ok=True)
         step = run.current
         detail = exc.log if isinstance(exc, KernelError) else ""
         message = str(exc) if isinstance(exc, Exception) else type(exc).__name__
@@ -111,18 +114,33 @@ class _Run:
                 pass
         self.objects, self.fds = [], []
 
+    def _journal(self, entry: dict) -> None:
+        journal_append(self.d.name, entry, self.state_dir)
+
     def _step(self, action: Action) -> None:
         self.current = f"{action.kind.value} {action.address}"
         if self.on_step:
             self.on_step(action)
-        if os.environ.get("BPFDEPLOY_FAIL_AT") == action.address:  # fault injection for tests
+        # Test hooks: fail at a step, or stop before it so that a test can kill the process there.
+        if os.environ.get("BPFDEPLOY_FAIL_AT") == action.address:
             raise KernelError(f"injected failure (BPFDEPLOY_FAIL_AT={action.address})")
+        if os.environ.get("BPFDEPLOY_PAUSE_AT") == action.address:
+            Path(os.environ.get("BPFDEPLOY_PAUSE_FILE", "/dev/null")).touch()
+            import time
+
+            time.sleep(float(os.environ.get("BPFDEPLOY_PAUSE_SECONDS", "60")))
 
     def _done(self, action: Action) -> None:
         self.result.done.append(f"{action.kind.value} {action.address}")
 
     # -- the run
     def execute(self) -> None:
+        for a in self.plan.actions:
+            if a.kind is Kind.DELETE and "early" in a.details:
+                self._step(a)
+                os.unlink(a.live_pin)  # garbage of a killed apply: nothing to undo
+                self._mut()
+                self._done(a)
         self._ensure_dirs()
         actions = [a for a in self.plan.actions if a.kind is not Kind.DELETE]
         for a in actions:
@@ -158,6 +176,7 @@ class _Run:
         if a.kind is not Kind.CREATE:
             return
         self._step(a)
+        self._journal({"cgroup": a.desired})
         os.makedirs(a.desired, exist_ok=False)
         self._mut()
         self.undo.push(f"rmdir {a.desired}", lambda p=a.desired: os.rmdir(p))
@@ -237,6 +256,7 @@ class _Run:
                 self.prog_fds[p.pin_name] = fd
                 self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
                 self.digests[str(self.prog_ids[p.pin_name])] = p.digest
+                self._journal({"digest": [self.prog_ids[p.pin_name], p.digest]})
                 self._done(a)
 
     def _prog_fd(self, pin_name: str) -> int:
@@ -288,12 +308,21 @@ class _Run:
                 self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(
                     old_fd, target_fd, at, flags, prog_fd if replace_fd is not None else None))
             else:
+                same_hook = old is not None and (old.target, old.attach_type) == (att.target, at)
+                if a.kind is Kind.REPLACE and same_hook:
+                    # Only the flags change, and the kernel refuses mixed flags: detach first (a gap).
+                    old_fd = self._fd(libbpf.prog_fd_by_id(old.prog_id))
+                    libbpf.prog_detach(old_fd, target_fd, at)
+                    self._mut()
+                    self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(old_fd, target_fd, at, old.flags))
                 libbpf.prog_attach(prog_fd, target_fd, at, flags)
                 self._mut()
                 self.undo.push(f"detach {att.name}", lambda: libbpf.prog_detach(prog_fd, target_fd, at))
-                if a.kind is Kind.REPLACE and old is not None:
+                if a.kind is Kind.REPLACE and old is not None and not same_hook:
                     self.plan_deletes_extra.append(old)
             self.legacy[att.name] = LegacyAttachment(att.name, at, att.target, self.prog_ids[att.program], flags)
+            self._journal({"legacy": {"name": att.name, "attach_type": at, "target": att.target,
+                                      "prog_id": self.prog_ids[att.program], "flags": flags}})
         self._done(a)
 
     # -- after commit
@@ -301,7 +330,7 @@ class _Run:
         for old in list(self.plan_deletes_extra):
             self._detach_legacy(old)
         for a in self.plan.actions:
-            if a.kind is not Kind.DELETE:
+            if a.kind is not Kind.DELETE or "early" in a.details:
                 continue
             self.current = f"delete {a.address}"
             if self.on_step:

@@ -288,3 +288,24 @@ def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
 def attach_type_name(value: int) -> str:
     at = BY_VALUE.get(value)
     return at.name if at else str(value)
+
+
+def fingerprint(live: LiveState) -> str:
+    """A digest of everything in the live state that a plan depends on (for saved plans).
+
+    Programs and maps elsewhere on the host are left out: they do not change our plan.
+    """
+    import hashlib
+
+    record = live.record
+    parts = [
+        str(live.pin_root), live.pin_root_exists, live.pinned, sorted(live.overlapping),
+        sorted((k, v.id, v.map_ids) for k, v in live.programs.items()),
+        sorted((k, v.id, v.geometry) for k, v in live.maps.items()),
+        sorted((k, v.id, v.prog_id, v.cgroup_id, v.netns_ino) for k, v in live.links.items()),
+        sorted((k, v.prog_ids, v.attach_flags, v.target_exists, v.target_id) for k, v in live.hooks.items()),
+        sorted((k, v) for k, v in live.map_values.items()),
+        sorted(live.existing_cgroups),
+        sorted(record.digests.items()) if record else (), sorted(map(repr, record.legacy)) if record else (),
+    ]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()

@@ -207,6 +207,8 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         spec = data["cgroup"]
         path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
         cgroup = _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems)
+        if cgroup is None:
+            return None
         target = str(cgroup.path.relative_to(cgroup_root)) if cgroup and cgroup.path != cgroup_root else "root"
     elif given == "map":
         target = data["map"]
@@ -224,12 +226,12 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
 def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list) -> CgroupTarget | None:
     if ".." in Path(text).parts:
         problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
-        return CgroupTarget(root, create)
+        return None
     path = Path(os.path.normpath(text)) if text.startswith("/") else Path(os.path.normpath(root / text))
     if path != root and root not in path.parents:
         problems.append(raw.diag(where, f"cgroup path {text!r} is outside the cgroup v2 mount {root}",
                                  "give a path relative to the cgroup v2 mount, or an absolute path inside it"))
-        return CgroupTarget(root, create)
+        return None
     if path.exists():
         real = path.resolve()
         if real != root and root.resolve() not in real.parents:

@@ -103,8 +103,9 @@ def load_raw(path: Path) -> RawManifest:
         raise ManifestError(f"{file}: invalid YAML",
                             (Diagnostic(f"invalid YAML: {problem}", file, "", line),)) from None
     if node is None or not isinstance(node, yaml.MappingNode):
+        line = node.start_mark.line + 1 if node is not None else 1
         raise ManifestError(f"{file}: not a mapping", (Diagnostic(
-            "the manifest must be a YAML mapping with version, name and objects", file, "", 1),))
+            "the manifest must be a YAML mapping with version, name and objects", file, "", line),))
     lines: dict[tuple, int] = {}
     problems: list[Diagnostic] = []
     try:
@@ -190,13 +191,18 @@ def _explain_choice(raw: RawManifest, error, path: tuple) -> Diagnostic:
                 return raw.diag(path, f"one of {', '.join(names)} is required")
             if len(present) > 1:
                 return raw.diag(path, f"only one of {', '.join(present)} may be given")
-    # A value that fits none of several shapes: report the most specific sub-error.
+    # A value that fits none of several shapes: report the most specific sub-error, or else
+    # what the branch of the value's own type says (a mapping's unknown field, a missing key).
+    subs = list(error.context or ())
     best = None
-    for sub in error.context or ():
+    for sub in subs:
         if best is None or len(sub.absolute_path) > len(best.absolute_path):
             best = sub
     if best is not None and best.validator not in ("oneOf", "anyOf") and len(best.absolute_path) > len(path):
         return _explain(raw, best, {})[0]
+    same_type = [s for s in subs if s.validator not in ("type", "oneOf", "anyOf")]
+    if same_type:
+        return _explain(raw, same_type[0], {})[0]
     return raw.diag(path, f"{_kind(inst)} {inst!r} does not fit here", error.schema.get("description", ""))
 
 

@@ -151,9 +151,6 @@ def test_all_semantic_problems_are_reported_together(tmp_path, cgroup_root):
     ], _show(diagnostics)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a cgroup path that is rejected ('..' or outside the mount) falls back to the cgroup root, "
-    "so two such attachments also get a spurious 'two attachments have the link name' error"))
 def test_a_rejected_cgroup_path_causes_no_follow_up_errors(tmp_path, cgroup_root):
     path = write(tmp_path, f"""
         version: 1

@@ -277,9 +277,6 @@ def test_missing_cgroup_without_create_is_an_error():
     assert not any(a.resource is Resource.CGROUP for a in p.actions)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a cgroup the deployment created is deleted once no attachment says create: true, even "
-    "when attachments still use it; an empty cgroup is removed with the new links on it"))
 def test_created_cgroup_still_used_without_create_is_kept():
     state = with_attachment(desired(), "ingress", create_cgroup=False)
     state = with_attachment(state, "sockops", create_cgroup=False)
@@ -438,10 +435,6 @@ def test_foreign_program_on_a_multi_legacy_hook_is_a_conflict():
     assert by_address(p)["attach/ingress"].details == (BPF_F_ALLOW_MULTI,)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a link-mode attachment on a cgroup hook where another owner's program is attached "
-    "without BPF_F_ALLOW_MULTI is planned as a CREATE with the conflict 'left alone, both run'; "
-    "the kernel refuses the link with EPERM (verified on this kernel), so apply fails"))
 @pytest.mark.parametrize("flags", [0, BPF_F_ALLOW_OVERRIDE], ids=["exclusive", "override"])
 def test_foreign_non_multi_attach_on_a_link_hook_is_an_error(flags):
     foreign = _foreign_ingress_id()
@@ -453,10 +446,6 @@ def test_foreign_non_multi_attach_on_a_link_hook_is_an_error(flags):
     assert "attach/ingress" not in by_address(p)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a sockmap holds one msg_verdict program; with another owner's verdict program on the "
-    "map, the plan says 'left alone, both run', but creating the sockmap link silently replaces "
-    "the foreign program (verified on this kernel), against 'never remove what it does not own'"))
 def test_foreign_verdict_on_a_sockmap_is_an_error():
     foreign = _foreign_ingress_id()  # any id that is not ours
     hooks_ = recorded_hooks(include_foreign=False)
@@ -470,15 +459,17 @@ def test_foreign_verdict_on_a_sockmap_is_an_error():
 def test_pins_no_longer_desired_are_deleted_links_then_programs_then_maps():
     state = desired(objects=("counters", "sockops", "sockredir"), attachments=ATTACHMENTS[:2] + ATTACHMENTS[3:])
     p = plan(state, live_state(without=(), hooks_=recorded_hooks(include_foreign=False)))
-    deletes = [a for a in p.actions if a.kind is Kind.DELETE]
+    # The staged pin of a killed apply is removed first, before anything is staged again.
+    assert p.actions[0].address == f"pin/{STAGED_PROG}" and p.actions[0].details == ("early",)
+    assert "interrupted apply" in p.actions[0].reason
+    deletes = [a for a in p.actions if a.kind is Kind.DELETE and "early" not in a.details]
     assert p.actions[-len(deletes):] == tuple(deletes)  # after every other action
     assert [a.address for a in deletes] == [
         "attach/connect", "attach/egress", "attach/old-egress",
-        "prog/connect_policy", f"pin/{STAGED_PROG}",
+        "prog/connect_policy",
         "map/blocked_ports", "map/policy_stats", "map/port_rewrites",
     ]
-    assert [a.resource for a in deletes] == [Resource.ATTACHMENT] * 3 + [Resource.PROGRAM, Resource.PIN] + [Resource.MAP] * 3
-    assert "interrupted apply" in by_address(p)[f"pin/{STAGED_PROG}"].reason
+    assert [a.resource for a in deletes] == [Resource.ATTACHMENT] * 3 + [Resource.PROGRAM] + [Resource.MAP] * 3
     assert all(a.live_pin.startswith(str(ROOT) + "/") for a in deletes)
     assert not any(a.resource is Resource.CGROUP for a in deletes)  # still used by the manifest
     assert p.errors == ()
@@ -490,8 +481,9 @@ def test_staged_link_left_by_an_interrupted_apply_is_deleted():
     link = live.links[pin("links/ingress")]
     live = dataclasses.replace(live, links={**live.links, staged: link}, pinned=tuple(sorted(live.pinned + (staged,))))
     p = plan(desired(), live)
-    assert changed(p) == {f"attach/ingress{STAGING_SUFFIX}": Kind.DELETE}
+    assert changed(p) == {f"pin/links/ingress{STAGING_SUFFIX}": Kind.DELETE}
     assert "interrupted apply" in p.changes[0].reason
+    assert p.changes[0].details == ("early",) and p.actions[0] is p.changes[0]
 
 
 def test_destroy_deletes_everything_under_the_pin_root():
@@ -508,11 +500,11 @@ def test_destroy_deletes_everything_under_the_pin_root():
     under_root = [a for a in p.actions if a.live_pin.startswith(str(ROOT) + "/")]
     assert {a.live_pin for a in under_root} == set(live.pinned) - {str(ROOT / "state")}
     # links (and legacy attaches), then programs (the staged one is a bare pin), then maps, then cgroups
-    groups = [a.resource.value if a.resource is not Resource.PIN else "prog" for a in p.actions]
-    assert groups == (["attach"] * (1 + len(live.links)) + ["prog"] * len(live.programs)
+    groups = [a.resource.value for a in p.actions]
+    assert groups == (["pin"] + ["attach"] * (1 + len(live.links)) + ["prog"] * (len(live.programs) - 1)
                       + ["map"] * len(live.maps) + ["cgroup"])
-    assert [a.resource for a in p.actions].count(Resource.PIN) == 1
-    assert p.actions[0].address == "attach/legacy-sysctl" and p.actions[0].details == (0, legacy)
+    assert p.actions[0].details == ("early",)  # the staged program pin goes first
+    assert p.actions[1].address == "attach/legacy-sysctl" and p.actions[1].details == (0, legacy)
     assert p.actions[-1].address == f"cgroup:{CGROUP}"  # not the one already gone
     assert all(a.reason.startswith("removed by destroy") for a in p.actions
                if a.resource in (Resource.PROGRAM, Resource.MAP) or a.live_pin.startswith(pin("links/")))

@@ -1,0 +1,51 @@
+"""One apply or destroy at a time per deployment: an flock on a file in the state directory.
+
+Plans do not take the lock. The lock is held from before the live state is read until the
+record is written, so a second apply plans against what the first one left.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bpfdeploy.diagnostics import BpfdeployError
+from bpfdeploy.record import state_dir
+
+
+class LockTimeout(BpfdeployError):
+    """Another bpfdeploy process holds the deployment's lock."""
+
+
+@contextmanager
+def deployment_lock(name: str, timeout: float, on_wait: Callable[[str], None] | None = None,
+                    directory: Path | None = None) -> Iterator[None]:
+    directory = directory or state_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"deployment {name!r} is locked by another bpfdeploy process (pid {holder}); "
+                                      f"gave up after {timeout:g} s (--lock-timeout)") from None
+                if on_wait and not told:
+                    on_wait(f"waiting for the lock on deployment {name!r}, held by pid {holder} ...")
+                    told = True
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
