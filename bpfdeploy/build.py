@@ -6,7 +6,7 @@ binary and, with ``vmlinux_h``, the kernel's BTF. An unchanged digest means no c
 process at all. A prebuilt object's digest is the hash of its bytes.
 
 The digest is also what the planner compares to decide that a program must be replaced
-(the applier records it in the deployment's state map, see ``kernel/apply.py``).
+(the applier keeps it in the deployment record, see ``record.py``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ and where every pin path of the deployment is decided:
     <pin_root>/maps/<map>      deployment maps (shared by name between objects)
     <pin_root>/progs/<pin>     programs
     <pin_root>/links/<name>    attachments held by bpf_links
-    <pin_root>/state           the deployment's state map (see kernel/apply.py)
+
+Which build produced each live program is kept in the deployment record (record.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from bpfdeploy.kernel import libbpf
 from bpfdeploy.manifest.load import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Manifest
 
-PERCPU_MAP_TYPES = {5, 6, 10, 21}  # percpu_hash, percpu_array, lru_percpu_hash, percpu_cgroup_storage
-NO_ENTRY_MAP_TYPES = {4, 15, 18, 27, 31, 12, 13, 3, 22, 23}  # fds, rings, queues: not seeded from YAML
+# Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.
+# (Per-CPU maps need a value per CPU; fd, socket, ring, queue and storage maps hold no plain values.)
+ENTRY_MAP_TYPES = {1, 2, 9, 11}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class MapGeometry:
 
     def compatible_with(self, live: "MapGeometry") -> bool:
         # libbpf sizes a perf_event_array with max_entries 0 to the CPU count at load.
-        max_ok = self.max_entries == live.max_entries or (self.type == 4 and self.max_entries == 0)
+        max_ok = self.max_entries == live.max_entries or (self.type == 4 and 0 in (self.max_entries, live.max_entries))
         return (self.type, self.key_size, self.value_size, self.flags) == (
             live.type, live.key_size, live.value_size, live.flags) and max_ok
 
@@ -70,6 +72,9 @@ class DesiredProgram:
     function: str
     prog_type: str  # bpftool's name
     type_override: int | None
+    # Set with type_override when the program's hooks need an expected attach type that its
+    # SEC() name does not give (for example a cgroup/connect_unix program on libbpf 1.1).
+    expected_attach_type: int | None
     digest: str  # sha256 hex of the object digest, function, type: a change means replace
     object_path: Path
     maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
@@ -101,10 +106,6 @@ class DesiredState:
     maps: tuple[DesiredMap, ...]
     programs: tuple[DesiredProgram, ...]
     attachments: tuple[DesiredAttachment, ...]
-
-    @property
-    def state_pin(self) -> Path:
-        return self.pin_root / "state"
 
     def program(self, pin_name: str) -> DesiredProgram | None:
         return next((p for p in self.programs if p.pin_name == pin_name), None)
@@ -186,11 +187,21 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                      "set 'type' for this program (for example sched_cls or xdp)")
                 continue
             prog_type = hooks.PROG_TYPE_NAMES.get(type_value, str(type_value))
-            digest = hashlib.sha256("\0".join([built_obj.digest, spec.function, prog_type]).encode()).hexdigest()
+            expected = None
+            if spec.type_override:
+                wanted = {a.attach_type.value for a in manifest.attachments
+                          if a.program == spec.pin and a.attach_type.needs_expected}
+                if len(wanted) > 1:
+                    diag(spec.where, f"program {spec.pin!r} is attached to several hooks that each need the program "
+                         "to be loaded for that hook", "load it once per hook: list it under another pin as well")
+                    continue
+                if wanted and found.expected_attach_type not in wanted:
+                    expected = wanted.pop()
+            digest = hashlib.sha256("\0".join([built_obj.digest, spec.function, prog_type, str(expected)]).encode()).hexdigest()
             programs.append(DesiredProgram(
                 pin_name=spec.pin, pin=root / "progs" / spec.pin, object=obj.name, function=spec.function,
                 prog_type=prog_type, type_override=hooks.PROG_TYPES[spec.type_override] if spec.type_override else None,
-                digest=digest, object_path=built_obj.path, maps=bindings))
+                expected_attach_type=expected, digest=digest, object_path=built_obj.path, maps=bindings))
             for _inner, outer in bindings:
                 map_users.setdefault(outer, []).append(spec.pin)
     seen_pins: set[str] = set()
@@ -210,9 +221,10 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         settings = manifest.map_settings(name)
         entries: list[tuple[bytes, bytes]] = []
         if settings is not None and settings.entries:
-            if geometry.type in PERCPU_MAP_TYPES or geometry.type in NO_ENTRY_MAP_TYPES:
+            if geometry.type not in ENTRY_MAP_TYPES:
                 diag(settings.where + ("entries",),
-                     f"entries cannot be written to a {hooks.MAP_TYPE_NAMES.get(geometry.type, geometry.type)} map")
+                     f"entries cannot be written to a {hooks.MAP_TYPE_NAMES.get(geometry.type, geometry.type)} map",
+                     "entries are for hash, array, lru_hash and lpm_trie maps")
             else:
                 for entry in settings.entries:
                     key = _encode(entry.key, geometry.key_size, entry.where + ("key",), diag)
@@ -241,7 +253,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         if at.needs_expected:
             info = infos[prog.object]
             found = next(p for p in info.programs if p.name == prog.function)
-            if found.expected_attach_type != at.value and prog.type_override is None:
+            if at.value not in (found.expected_attach_type, prog.expected_attach_type):
                 expected = hooks.BY_VALUE.get(found.expected_attach_type)
                 diag(att.where + ("type",), f"program {att.program!r} was built for "
                      f"{expected.short[0] if expected else found.expected_attach_type}, not {at.short[0]}",

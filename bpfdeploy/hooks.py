@@ -80,9 +80,6 @@ for _t in ATTACH_TYPES:
     _BY_NAME[_t.name] = _t
     for _s in _t.short:
         _BY_NAME[_s] = _t
-# bpftool also accepts these spellings.
-_BY_NAME["sk_msg_verdict"] = _BY_NAME["msg_verdict"]
-_BY_NAME["sk_skb_verdict"] = _BY_NAME["skb_verdict"]
 BY_VALUE: dict[int, AttachType] = {t.value: t for t in ATTACH_TYPES}
 
 

@@ -156,8 +156,14 @@ class _Planner:
                                            "the manifest asks for it and it does not exist", after=a.target,
                                            desired=a.target))
             elif not exists:
-                self.diags.append(Diagnostic(f"cgroup {a.target} does not exist", self.file,
+                self.diags.append(Diagnostic(f"cgroup {a.target} does not exist", self.file, format_path(a.where),
                                              hint="create it, or set create: true on the attachment's cgroup"))
+        for a in self.d.attachments:
+            if a.kind is HookKind.NETNS:
+                hook = self.live.hooks.get(hook_key(a.kind, a.target, a.attach_type.value))
+                if hook is not None and not hook.target_exists:
+                    self.diags.append(Diagnostic(f"network namespace {a.target} does not exist", self.file,
+                                                 format_path(a.where), hint="create it first (ip netns add NAME)"))
 
     # -- maps
     def _map(self, m: DesiredMap) -> None:
@@ -375,7 +381,7 @@ class _Planner:
                                            before=f"legacy {at.short[0] if at else old.attach_type} on cgroup {old.target}",
                                            details=(0, old)))
         order = {"links": 0, "progs": 1, "maps": 2}
-        leftovers = sorted((p for p in self.live.pinned if p not in self.explained and p != str(self.d.state_pin)),
+        leftovers = sorted((p for p in self.live.pinned if p not in self.explained),
                            key=lambda p: (order.get(Path(p).relative_to(root).parts[0], 3), p))
         for pin in leftovers:
             rel = str(Path(pin).relative_to(root))
@@ -406,8 +412,10 @@ class _Planner:
                 self.diags.append(Diagnostic(
                     f"{pin} is inside the pin root but was not made by bpfdeploy", self.file, "pin_root",
                     hint="choose a pin root of the deployment's own; bpfdeploy removes nothing it did not create"))
-        wanted_cgroups = {a.target for a in self.d.attachments if a.kind is HookKind.CGROUP}
-        for cgroup in (record.created_cgroups if record else ()):
+        wanted = [Path(a.target) for a in self.d.attachments if a.kind is HookKind.CGROUP]
+        wanted_cgroups = {str(p) for w in wanted for p in (w, *w.parents)}  # a used cgroup's parents stay too
+        # Children before their parents.
+        for cgroup in sorted(record.created_cgroups if record else (), key=lambda c: (-c.count("/"), c)):
             if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:
                 self.deletes.append(Action(Kind.DELETE, Resource.CGROUP, f"cgroup:{cgroup}",
                                            "created by this deployment and no longer used (removed only if empty)",

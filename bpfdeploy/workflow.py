@@ -26,7 +26,7 @@ class Prepared:
 
 def prepare(path: Path, on_build: Callable[[str, str], None] | None = None, destroy: bool = False) -> Prepared:
     """Load, build and resolve a manifest. Raises ManifestError/BuildError with every problem."""
-    manifest, warnings = load_manifest(path)
+    manifest, warnings = load_manifest(path, files_must_exist=not destroy)
     if destroy:
         # Destroy needs the deployment's name and pin root only: nothing is built.
         empty = DesiredState(manifest.name, manifest.pin_root, (), (), ())
@@ -40,7 +40,9 @@ def prepare(path: Path, on_build: Callable[[str, str], None] | None = None, dest
             infos[name] = object_info(b, cache)
         except Exception as exc:  # an ELF libbpf cannot parse
             obj = next(o for o in manifest.objects if o.name == name)
-            problems.append(Diagnostic(f"cannot open BPF object: {getattr(exc, 'message', exc)}", str(manifest.file),
+            log = getattr(exc, "log", "")
+            problems.append(Diagnostic(f"cannot open BPF object {b.path.name}: {getattr(exc, 'message', exc)}"
+                                       + (f"\n{log}" if log else ""), str(manifest.file),
                                        f"objects.{name}", manifest.line_of(obj.where)))
     if any(d.severity == "error" for d in problems):
         raise ManifestError(f"{path}: objects could not be opened", tuple(problems))

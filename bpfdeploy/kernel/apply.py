@@ -176,11 +176,14 @@ class _Run:
         if a.kind is not Kind.CREATE:
             return
         self._step(a)
-        self._journal({"cgroup": a.desired})
-        os.makedirs(a.desired, exist_ok=False)
-        self._mut()
-        self.undo.push(f"rmdir {a.desired}", lambda p=a.desired: os.rmdir(p))
-        self.created_cgroups.add(a.desired)
+        path = Path(a.desired)
+        missing = [p for p in [*reversed(path.parents), path] if not p.exists()]
+        for p in missing:  # parents too: each is recorded, so destroy removes them all
+            self._journal({"cgroup": str(p)})
+            os.mkdir(p)
+            self._mut()
+            self.undo.push(f"rmdir {p}", lambda p=p: os.rmdir(p))
+            self.created_cgroups.add(str(p))
         self._done(a)
 
     def _map(self, a: Action) -> None:
@@ -237,7 +240,8 @@ class _Run:
             reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
             try:
                 loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
-                                            {a.desired.function: a.desired.type_override for a in group}, reuse)
+                                            {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
+                                             for a in group}, reuse)
             except KernelError as exc:
                 names = ", ".join(a.desired.function for a in group)
                 hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""

@@ -48,6 +48,7 @@ _SIGNATURES = {
     "bpf_program__type": (c_int, [vp]),
     "bpf_program__set_type": (c_int, [vp, c_int]),
     "bpf_program__expected_attach_type": (c_int, [vp]),
+    "bpf_program__set_expected_attach_type": (c_int, [vp, c_int]),
     "bpf_program__set_autoload": (c_int, [vp, ctypes.c_bool]),
     "bpf_program__fd": (c_int, [vp]),
     "bpf_map__name": (cp, [vp]),
@@ -211,10 +212,11 @@ class LoadedObject:
         lib().lib.bpf_object__close(self.handle)
 
 
-def load_object(path: str, pin_root: str, programs: dict[str, int | None], reuse_maps: dict[str, int]) -> LoadedObject:
+def load_object(path: str, pin_root: str, programs: dict[str, tuple[int | None, int | None]],
+                reuse_maps: dict[str, int]) -> LoadedObject:
     """Load the named programs of an object (others are not loaded).
 
-    programs: function name -> program type to force (None keeps the SEC() type).
+    programs: function name -> (program type, expected attach type) to force; None keeps what SEC() says.
     reuse_maps: map name in the object -> fd of an existing (pinned) map to use instead of a new one.
     Raises KernelError with the verifier log's tail on failure.
     """
@@ -227,8 +229,11 @@ def load_object(path: str, pin_root: str, programs: dict[str, int | None], reuse
             name = L.bpf_program__name(p).decode()
             if name in programs:
                 found.add(name)
-                if programs[name] is not None and L.bpf_program__set_type(p, programs[name]):
+                prog_type, expected = programs[name]
+                if prog_type is not None and L.bpf_program__set_type(p, prog_type):
                     raise _fail(f"cannot set the type of program {name}")
+                if expected is not None and L.bpf_program__set_expected_attach_type(p, expected):
+                    raise _fail(f"cannot set the expected attach type of program {name}")
             else:
                 L.bpf_program__set_autoload(p, False)
         missing = set(programs) - found

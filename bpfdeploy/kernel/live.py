@@ -148,8 +148,16 @@ def parse_links(text: str) -> list[LiveLink]:
     for link in _load_json(text, "link show"):
         out.append(LiveLink(id=link["id"], type=str(link.get("type", "")), prog_id=link.get("prog_id", 0),
                             pins=tuple(link.get("pinned", ())), cgroup_id=link.get("cgroup_id"),
-                            attach_type=link.get("attach_type"), netns_ino=link.get("netns_ino")))
+                            attach_type=_attach_type_text(link.get("attach_type")), netns_ino=link.get("netns_ino")))
     return out
+
+
+def _attach_type_text(value) -> str | None:
+    """bpftool 7.1 prints attach types newer than itself as numbers: use our long names."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        at = BY_VALUE.get(int(value))
+        return at.name if at else str(value)
+    return value
 
 
 def index_by_pin(items, root: Path) -> dict:

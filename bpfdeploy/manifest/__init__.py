@@ -8,7 +8,8 @@ from bpfdeploy.diagnostics import Diagnostic, ManifestError
 from bpfdeploy.manifest.model import Manifest
 
 
-def load_manifest(path: Path, cgroup_root: Path | None = None) -> tuple[Manifest, list[Diagnostic]]:
+def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist: bool = True
+                  ) -> tuple[Manifest, list[Diagnostic]]:
     """Parse, schema-check and semantically check a manifest.
 
     Returns the manifest and any warnings; raises ManifestError carrying every error found.
@@ -21,12 +22,13 @@ def load_manifest(path: Path, cgroup_root: Path | None = None) -> tuple[Manifest
     schema_problems = schema_diagnostics(raw)
     # The semantic checks run even on a document the schema refused (malformed items are
     # skipped), so that every problem is reported at once.
-    manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root())
+    manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root(), files_must_exist)
     if schema_problems:
         seen = {(d.path, d.message) for d in schema_problems}
         merged = list(schema_problems) + [d for d in problems if (d.path, d.message) not in seen]
         merged.sort(key=lambda d: (d.line or 0, d.path))
         raise ManifestError(f"{path}: {len(merged)} problem(s)", tuple(merged))
+    problems = list(raw.warnings) + problems
     if manifest is None:
         errors = tuple(d for d in problems if d.severity == "error")
         raise ManifestError(f"{path}: {len(errors)} problem(s)", tuple(problems))

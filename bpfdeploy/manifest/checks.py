@@ -34,16 +34,22 @@ NETNS_DIR = Path("/var/run/netns")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None, list[Diagnostic]]:
-    """The Manifest, or None with the diagnostics that prevent it."""
+def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool = True
+                   ) -> tuple[Manifest | None, list[Diagnostic]]:
+    """The Manifest, or None with the diagnostics that prevent it.
+
+    files_must_exist=False (for destroy) skips the checks that sources, object files, include
+    directories and cgroups exist: removing a deployment must not depend on them.
+    """
     data = raw.data
     problems: list[Diagnostic] = []
+
     base = raw.path.resolve().parent
     name = data.get("name") if isinstance(data.get("name"), str) else "unnamed"
 
     pin_root = _pin_root(raw, data.get("pin_root"), name, problems) if isinstance(data.get("pin_root"), (str, type(None))) \
         else Path("/sys/fs/bpf/bpfdeploy") / name
-    objects = tuple(o for o in (_tolerant(_object, raw, base, oname, odata, problems)
+    objects = tuple(o for o in (_tolerant(_object, raw, base, oname, odata, problems, files_must_exist)
                                 for oname, odata in _items(data.get("objects"))) if o is not None)
 
     pins: dict[str, tuple] = {}
@@ -60,7 +66,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path) -> tuple[Manifest | None
     seen_names: dict[str, tuple] = {}
     attachment_list = data.get("attachments") if isinstance(data.get("attachments"), list) else []
     for i, adata in enumerate(attachment_list):
-        att = _tolerant(_attachment, raw, i, adata, cgroup_root, problems)
+        att = _tolerant(_attachment, raw, i, adata, cgroup_root, problems, files_must_exist)
         if att is None:
             continue
         if att.name in seen_names:
@@ -115,23 +121,23 @@ def _pin_root(raw: RawManifest, value: str | None, name: str, problems: list) ->
     return root
 
 
-def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list) -> ObjectSpec:
+def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list, must_exist: bool = True) -> ObjectSpec:
     where = ("objects", name)
     source = file = None
     if "source" in data:
         source = (base / data["source"]).resolve()
-        if not source.is_file():
+        if must_exist and not source.is_file():
             problems.append(raw.diag(where + ("source",), f"source file {data['source']!r} not found",
                                      f"looked for {source} (paths are relative to the manifest's directory)"))
     else:
         file = (base / data["file"]).resolve()
-        if not file.is_file():
+        if must_exist and not file.is_file():
             problems.append(raw.diag(where + ("file",), f"object file {data['file']!r} not found",
                                      f"looked for {file} (paths are relative to the manifest's directory)"))
     include_dirs = []
     for i, inc in enumerate(data.get("include_dirs") or ()):
         path = (base / inc).resolve()
-        if not path.is_dir():
+        if must_exist and not path.is_dir():
             problems.append(raw.diag(where + ("include_dirs", i), f"include directory {inc!r} not found",
                                      f"looked for {path}"))
         include_dirs.append(path)
@@ -179,7 +185,8 @@ def _bytes_spec(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problems: list) -> AttachmentSpec | None:
+def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problems: list,
+                must_exist: bool = True) -> AttachmentSpec | None:
     where = ("attachments", i)
     at = hooks.attach_type(data["type"])
     if at is None:
@@ -191,7 +198,7 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         if "cgroup" in data:  # still check the target, so every problem shows at once
             spec = data["cgroup"]
             path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
-            _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems)
+            _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems, must_exist)
         return None
     given = next(k for k in ("cgroup", "map", "netns") if k in data)
     if given != at.kind.value:
@@ -206,7 +213,7 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
     if given == "cgroup":
         spec = data["cgroup"]
         path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
-        cgroup = _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems)
+        cgroup = _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems, must_exist)
         if cgroup is None:
             return None
         target = str(cgroup.path.relative_to(cgroup_root)) if cgroup and cgroup.path != cgroup_root else "root"
@@ -223,7 +230,8 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
                           map=data.get("map"), netns=netns, mode=mode, where=where)
 
 
-def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list) -> CgroupTarget | None:
+def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, must_exist: bool = True
+            ) -> CgroupTarget | None:
     if ".." in Path(text).parts:
         problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
         return None
@@ -236,7 +244,7 @@ def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list) -> 
         real = path.resolve()
         if real != root and root.resolve() not in real.parents:
             problems.append(raw.diag(where, f"cgroup path {text!r} leads outside the cgroup v2 mount (symlink)"))
-    elif not create:
+    elif not create and must_exist:
         problems.append(raw.diag(where, f"cgroup {path} does not exist",
                                  "create it first, or write cgroup: {path: ..., create: true}"))
     return CgroupTarget(path, create)

@@ -26,6 +26,7 @@ class RawManifest:
     path: Path
     data: dict
     lines: dict[tuple, int]  # manifest path (tuple of keys/indices) -> 1-based line
+    warnings: tuple[Diagnostic, ...] = ()
 
     def line_of(self, path: tuple) -> int | None:
         """Line of the node at path, or of its nearest ancestor that has one."""
@@ -74,6 +75,11 @@ def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: l
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, path + (i,), lines, file, problems) for i, item in enumerate(node.value)]
+    if not node.style and "entries" in path and node.value.lower().startswith("0x"):
+        # YAML reads an unquoted 0x0a000001 as an integer, which an entry stores little-endian.
+        problems.append(Diagnostic(f"{node.value} is read as the integer {int(node.value, 16)} and stored "
+                                   "little-endian", file, format_path(path), node.start_mark.line + 1,
+                                   f"quote it (\"{node.value}\") to give the bytes in this order", severity="warning"))
     return _scalar(node)
 
 
@@ -114,9 +120,10 @@ def load_raw(path: Path) -> RawManifest:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
             f"invalid YAML: {getattr(exc, 'problem', exc)}", file, "", mark.line + 1 if mark else None),)) from None
-    if problems:
-        raise ManifestError(f"{file}: invalid YAML", tuple(problems))
-    return RawManifest(path=path, data=data, lines=lines)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise ManifestError(f"{file}: invalid YAML", tuple(errors))
+    return RawManifest(path=path, data=data, lines=lines, warnings=tuple(problems))
 
 
 _schema_cache: dict | None = None

@@ -123,3 +123,41 @@ def test_cgroup_hook_takes_effect_only_inside_the_cgroup(sandbox, case):
     assert len(ours) == 1 and ours[0]["type"] == "cgroup"
     sandbox.cli("destroy", manifest)
     assert sandbox.run_in(probe, cgroup=cgroup, netns=netns).stdout.strip() == outside  # effect gone
+
+
+def test_unix_connect_hook_with_a_type_the_section_name_does_not_give(sandbox):
+    """libbpf 1.1 does not know SEC("cgroup/connect_unix"): the manifest names the type, and the
+    expected attach type comes from the attachment."""
+    src = sandbox.tmp / "unix.bpf.c"
+    src.write_text(HEADER + 'SEC("cgroup/connect_unix")\nint deny_unix(struct bpf_sock_addr *ctx)\n{\n    return 0;\n}\n')
+    cgroup = sandbox.cgroup("unix")
+    root = sandbox.pin_root(f"{sandbox.id}-unix")
+    manifest = sandbox.write(f"""
+        version: 1
+        name: {sandbox.id}-unix
+        pin_root: {root}
+        objects:
+          unix:
+            source: {src}
+            programs:
+              deny_unix: {{type: cgroup_sock_addr}}
+        attachments:
+          - program: deny_unix
+            type: connect_unix
+            cgroup: {cgroup}
+    """)
+    sandbox.cli("apply", manifest)
+    replan = sandbox.cli_json("plan", manifest)
+    assert replan["changes"] is False, [a for a in replan["actions"] if a["action"] != "no-op"]
+    probe = f"""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("{sandbox.tmp}/sock"); srv.listen(1)
+c = socket.socket(socket.AF_UNIX)
+try:
+    c.connect("{sandbox.tmp}/sock"); print("ok")
+except PermissionError:
+    print("EPERM")
+"""
+    assert sandbox.run_in(probe, cgroup=cgroup).stdout.strip() == "EPERM"
+    (sandbox.tmp / "sock").unlink()
+    assert sandbox.run_in(probe).stdout.strip() == "ok"

@@ -121,7 +121,7 @@ def attachment(name, program, attach_type, target, mode=AttachMode.LINK) -> Desi
 
 def desired(objects=tuple(OBJECT_MAPS), attachments=ATTACHMENTS) -> DesiredState:
     programs = tuple(
-        DesiredProgram(pin_name=p, pin=ROOT / "progs" / p, object=o, function=f, prog_type=t, type_override=None,
+        DesiredProgram(pin_name=p, pin=ROOT / "progs" / p, object=o, function=f, prog_type=t, type_override=None, expected_attach_type=None,
                        digest=digest(p), object_path=Path(f"/cache/{o}.bpf.o"),
                        maps=tuple((m, m) for m in OBJECT_MAPS[o]))
         for p, o, f, t in PROGRAMS if o in objects)
