@@ -86,10 +86,20 @@ class DesiredAttachment:
     pin: Path  # link pin (for legacy attaches: nothing is pinned there)
     program: str  # program pin name
     attach_type: AttachType
-    target: str  # cgroup path, deployment map name, or netns file path
+    target: str  # cgroup path, deployment map name, netns file, "device[@netns file]", or the traced thing
     mode: AttachMode
     create_cgroup: bool
     where: tuple = ()  # manifest path, for diagnostics
+    device: str | None = None
+    netns: str | None = None  # for device hooks: the netns file the device is in (None: ours)
+    xdp_mode: str | None = None
+    priority: int = 1
+    handle: int = 1
+    trace_target: str | None = None  # tracepoint "category/name", raw tracepoint, kprobe function
+    binary: str | None = None
+    symbol: str | None = None
+    offset: int | None = None
+    pid: int | None = None
 
     @property
     def kind(self) -> HookKind:
@@ -271,11 +281,25 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             if kind not in hooks.SOCKMAP_TYPES:
                 diag(att.where + ("map",), f"map {att.map!r} is a {kind}, not a sockmap or sockhash")
                 continue
+        elif att.device is not None:
+            target, create = att.device + (f"@{att.netns}" if att.netns else ""), False
+        elif at.kind is HookKind.TRACE:
+            create = False
+            if att.binary is not None:
+                target = f"{att.binary}:{att.symbol or ''}+{att.offset or 0}" + (f" pid {att.pid}" if att.pid else "")
+            elif att.trace_target:
+                target = att.trace_target
+            else:  # tp_btf, iter: the section names the hook
+                found = next(p for p in infos[prog.object].programs if p.name == prog.function)
+                target = found.section
         else:
             target, create = str(att.netns), False
-        attachments.append(DesiredAttachment(name=att.name, pin=root / "links" / att.name, program=att.program,
-                                             attach_type=at, target=target, mode=att.mode, create_cgroup=create,
-                                             where=att.where))
+        attachments.append(DesiredAttachment(
+            name=att.name, pin=root / "links" / att.name, program=att.program, attach_type=at, target=target,
+            mode=att.mode, create_cgroup=create, where=att.where, device=att.device,
+            netns=str(att.netns) if att.netns and att.device else None, xdp_mode=att.xdp_mode,
+            priority=att.priority, handle=att.handle, trace_target=att.trace_target,
+            binary=str(att.binary) if att.binary else None, symbol=att.symbol, offset=att.offset, pid=att.pid))
     if problems:
         return None, problems
     return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments)), problems

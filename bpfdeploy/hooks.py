@@ -16,7 +16,9 @@ class HookKind(enum.Enum):
 
     CGROUP = "cgroup"  # a cgroup v2 directory
     SOCKMAP = "map"  # a sockmap or sockhash
-    NETNS = "netns"  # a network namespace
+    NETNS = "netns"  # a network namespace (flow dissector)
+    DEVICE = "device"  # a network device, optionally in a named netns (xdp, tc, tcx)
+    TRACE = "trace"  # a tracepoint, a raw tracepoint, a BTF tracepoint, a uprobe, an iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +32,20 @@ class AttachType:
     program_types: tuple[str, ...]
     # Program types loaded with expected_attach_type must be attached to exactly that type.
     needs_expected: bool = False
+    # A link of this type can be moved to a new program atomically (BPF_LINK_UPDATE). Links
+    # that cannot (perf_event, raw_tracepoint, iter) are recreated: both programs run briefly.
+    link_update: bool = True
+    # Attached with the tc command (clsact + bpf filter), not through a link.
+    tc_filter: bool = False
 
 
-def _at(value, name, short, kind, types, needs_expected=False):
-    return AttachType(value, name, tuple(short), kind, tuple(types), needs_expected)
+def _at(value, name, short, kind, types, needs_expected=False, link_update=True, tc_filter=False):
+    return AttachType(value, name, tuple(short), kind, tuple(types), needs_expected, link_update, tc_filter)
 
 
-_C, _S, _N = HookKind.CGROUP, HookKind.SOCKMAP, HookKind.NETNS
+_C, _S, _N, _D, _T = HookKind.CGROUP, HookKind.SOCKMAP, HookKind.NETNS, HookKind.DEVICE, HookKind.TRACE
+BPF_PERF_EVENT, BPF_TRACE_RAW_TP, BPF_TRACE_ITER = 41, 23, 28
+TC_INGRESS, TC_EGRESS = -1, -2  # not kernel attach types: tc filters on a clsact qdisc
 ADDR = ("cgroup_sock_addr",)
 
 ATTACH_TYPES: tuple[AttachType, ...] = (
@@ -73,6 +82,20 @@ ATTACH_TYPES: tuple[AttachType, ...] = (
     _at(51, "cgroup_unix_recvmsg", ["recvmsg_unix"], _C, ADDR, True),
     _at(52, "cgroup_unix_getpeername", ["getpeername_unix"], _C, ADDR, True),
     _at(53, "cgroup_unix_getsockname", ["getsockname_unix"], _C, ADDR, True),
+    _at(37, "xdp", ["xdp"], _D, ["xdp"]),
+    _at(46, "tcx_ingress", ["tcx_ingress"], _D, ["sched_cls"]),
+    _at(47, "tcx_egress", ["tcx_egress"], _D, ["sched_cls"]),
+    _at(TC_INGRESS, "tc_ingress", ["tc_ingress"], _D, ["sched_cls", "sched_act"], tc_filter=True),
+    _at(TC_EGRESS, "tc_egress", ["tc_egress"], _D, ["sched_cls", "sched_act"], tc_filter=True),
+    _at(BPF_PERF_EVENT, "tracepoint", ["tracepoint"], _T, ["tracepoint"], link_update=False),
+    _at(BPF_TRACE_RAW_TP, "raw_tracepoint", ["raw_tracepoint", "raw_tp"], _T,
+        ["raw_tracepoint", "raw_tracepoint_writable"], link_update=False),
+    _at(BPF_TRACE_RAW_TP, "tp_btf", ["tp_btf"], _T, ["tracing"], link_update=False),
+    _at(BPF_PERF_EVENT, "uprobe", ["uprobe"], _T, ["kprobe"], link_update=False),
+    _at(BPF_PERF_EVENT, "uretprobe", ["uretprobe"], _T, ["kprobe"], link_update=False),
+    _at(BPF_PERF_EVENT, "kprobe", ["kprobe"], _T, ["kprobe"], link_update=False),
+    _at(BPF_PERF_EVENT, "kretprobe", ["kretprobe"], _T, ["kprobe"], link_update=False),
+    _at(BPF_TRACE_ITER, "iter", ["iter"], _T, ["tracing"], link_update=False),
 )
 
 _BY_NAME: dict[str, AttachType] = {}
@@ -80,7 +103,8 @@ for _t in ATTACH_TYPES:
     _BY_NAME[_t.name] = _t
     for _s in _t.short:
         _BY_NAME[_s] = _t
-BY_VALUE: dict[int, AttachType] = {t.value: t for t in ATTACH_TYPES}
+# Kernel attach type number -> type, for the hooks where the number alone names the hook.
+BY_VALUE: dict[int, AttachType] = {t.value: t for t in ATTACH_TYPES if t.kind is not HookKind.TRACE and t.value >= 0}
 
 
 def attach_type(name: str) -> AttachType | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bpfdeploy.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import Diagnostic
-from bpfdeploy.hooks import BY_VALUE, HookKind
+from bpfdeploy.hooks import BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel.live import LiveState, hook_key
 from bpfdeploy.kernel.libbpf import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE
 from bpfdeploy.manifest.load import format_path
@@ -39,6 +39,14 @@ class Resource(enum.Enum):
     PROGRAM = "prog"
     ATTACHMENT = "attach"
     PIN = "pin"  # a pin under our root that nothing desired explains (an orphan)
+    QDISC = "qdisc"  # the clsact qdisc that tc filters need
+
+
+def link_target(a: DesiredAttachment, hook) -> str:
+    """What a device or tracing link is attached to, as the record keeps it (a uprobe with its offset)."""
+    if a.attach_type.short[0] in ("uprobe", "uretprobe") and hook is not None and hook.target_id is not None:
+        return f"{a.target} @{hook.target_id:#x}"
+    return a.target
 
 
 MODE_FLAGS = {AttachMode.MULTI: BPF_F_ALLOW_MULTI, AttachMode.OVERRIDE: BPF_F_ALLOW_OVERRIDE, AttachMode.EXCLUSIVE: 0}
@@ -255,6 +263,13 @@ class _Planner:
         hook = self.live.hooks.get(key)
         live_prog = self.live.programs.get(str(self.d.program(a.program).pin))
         ours = self._our_ids()
+        if a.kind in (HookKind.DEVICE, HookKind.TRACE) and hook is not None and not hook.target_exists:
+            self.diags.append(Diagnostic(f"{a.hook_text()}: {hook.error or 'it does not exist'}", self.file,
+                                         format_path(a.where)))
+            return
+        if a.attach_type.tc_filter:
+            self._tc_attachment(a, address, after, hook, live_prog, prog_changed, ours)
+            return
         if hook is not None and hook.prog_ids:
             foreign = [i for i in hook.prog_ids if i not in ours]
             if foreign:
@@ -263,8 +278,9 @@ class _Planner:
                 # Only a cgroup hook in multi mode runs several programs side by side. Elsewhere a
                 # second attach is refused (EPERM) or silently replaces the other program (a sockmap
                 # verdict, the netns flow dissector), and bpfdeploy never removes what it does not own.
-                shared = (a.kind is HookKind.CGROUP and a.mode in (AttachMode.LINK, AttachMode.MULTI)
-                          and hook.attach_flags == BPF_F_ALLOW_MULTI)
+                shared = ((a.kind is HookKind.CGROUP and a.mode in (AttachMode.LINK, AttachMode.MULTI)
+                           and hook.attach_flags == BPF_F_ALLOW_MULTI)
+                          or a.attach_type.name in ("tcx_ingress", "tcx_egress"))  # tcx runs a chain
                 if shared:
                     self.conflicts.append(text + "; left alone, both run")
                 else:
@@ -293,10 +309,22 @@ class _Planner:
             return
         before = f"link id {link.id} holding program id {link.prog_id}"
         target_reason = self._link_target_mismatch(a, link, hook)
+        recorded = self.live.record.link_targets.get(a.name) if self.live.record else None
+        if not target_reason and a.kind in (HookKind.DEVICE, HookKind.TRACE) and recorded != link_target(a, hook):
+            target_reason = (f"it was made for {recorded}" if recorded else "its hook is not recorded") + \
+                f", the manifest now says {link_target(a, hook)}"
         if target_reason:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, target_reason, desired=a,
                                        live_pin=str(a.pin), live_id=link.id, before=before, after=after,
                                        transition="the new link is attached before the old one is removed (brief overlap)"))
+            return
+        if (prog_changed or live_prog is None or link.prog_id != live_prog.id) and not a.attach_type.link_update:
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address,
+                                       f"program {a.program!r} is replaced, and a {a.attach_type.short[0]} link "
+                                       "cannot be moved to it", desired=a, live_pin=str(a.pin), live_id=link.id,
+                                       before=before, after=after,
+                                       transition="a new link is made before the old one is removed: both programs "
+                                                  "run for a moment (overlap)"))
             return
         if prog_changed:
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address,
@@ -314,6 +342,12 @@ class _Planner:
                                    live_id=link.id, before=before, after=after))
 
     def _link_target_mismatch(self, a, link, hook) -> str:
+        if a.kind is HookKind.DEVICE:
+            if link.ifindex in (None, 0):
+                return "the link is defunct (its device is gone or it was detached)"
+            if hook is not None and hook.target_id is not None and link.ifindex != hook.target_id:
+                return f"the link is on ifindex {link.ifindex}, not {a.device} (ifindex {hook.target_id})"
+            return ""
         if a.kind is HookKind.CGROUP:
             if link.cgroup_id in (None, 0):
                 return "the link is defunct (its cgroup is gone or it was detached)"
@@ -365,13 +399,57 @@ class _Planner:
         self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
                                    before=before, after=after, details=(flags, old)))
 
+    def _tc_attachment(self, a, address, after, hook, live_prog, prog_changed, ours) -> None:
+        """A tc filter at a fixed (pref, handle) on the device's clsact qdisc."""
+        record = self.live.record
+        old = next((x for x in (record.legacy if record else ()) if x.name == a.name), None)
+        filters = hook.filters if hook is not None else ()
+        at_slot = [f for f in filters if (f[0], f[1]) == (a.priority, a.handle)]
+        ours_there = old is not None and any(f[2] == old.prog_id for f in at_slot) and \
+            (old.target, old.attach_type, old.priority, old.handle) == (a.target, a.attach_type.value, a.priority, a.handle)
+        foreign = [f for f in at_slot if f[2] not in ours and not ours_there]
+        if foreign:
+            self.diags.append(Diagnostic(
+                f"conflict: {a.hook_text()}: the tc filter pref {a.priority} handle {a.handle} holds program id "
+                f"{foreign[0][2]} ({self.live.names.get(foreign[0][2], '?')}), not owned by deployment {self.d.name!r}",
+                self.file, format_path(a.where), hint="choose another priority/handle, or remove that filter yourself"))
+            return
+        others = [f for f in filters if (f[0], f[1]) != (a.priority, a.handle) and f[2] not in ours]
+        if others:
+            self.conflicts.append(f"{a.hook_text()}: other tc filters are there (pref {others[0][0]}); left alone, "
+                                  "they run in priority order with ours")
+        if hook is not None and not hook.clsact:
+            self.actions.append(Action(Kind.CREATE, Resource.QDISC, f"qdisc:{a.target}", "the device has no clsact qdisc",
+                                       desired=a, after=f"clsact on {a.device}"))
+        details = (a.priority, a.handle, old)
+        if old is None or not ours_there:
+            reason = "not attached yet" if old is None else "the recorded filter is gone or was changed"
+            self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
+                                       details=details))
+            return
+        before = f"tc filter pref {old.priority} handle {old.handle} holding program id {old.prog_id}"
+        if prog_changed or live_prog is None or live_prog.id != old.prog_id:
+            self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
+                                       desired=a, live_id=old.prog_id, before=before, after=after, details=details,
+                                       transition="atomic: tc filter replace"))
+            return
+        self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
+                                   before=before, after=after, details=details))
+
     # -- what is live but no longer desired, in reverse dependency order
     def _leftovers(self) -> None:
         root = str(self.d.pin_root)
-        legacy_names = {a.name for a in self.d.attachments if a.mode.legacy}
+        legacy_names = {a.name for a in self.d.attachments if a.mode.legacy or a.attach_type.tc_filter}
         record = self.live.record
         for old in (record.legacy if record else ()):
-            if old.name in legacy_names:  # still a legacy attach: planned above (kept, updated or moved)
+            if old.name in legacy_names:  # still a legacy attach or tc filter: planned above
+                continue
+            if old.attach_type in (TC_INGRESS, TC_EGRESS):
+                hook = self.live.hooks.get(hook_key(HookKind.DEVICE, old.target, old.attach_type))
+                if hook is not None and (old.priority, old.handle, old.prog_id) in hook.filters:
+                    self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}", self.gone,
+                                               live_id=old.prog_id, before=f"tc filter pref {old.priority} handle "
+                                               f"{old.handle} on {old.target}", details=(0, old)))
                 continue
             hook = self.live.hooks.get(hook_key(HookKind.CGROUP, old.target, old.attach_type))
             if hook is not None and old.prog_id in hook.prog_ids:
@@ -412,6 +490,12 @@ class _Planner:
                 self.diags.append(Diagnostic(
                     f"{pin} is inside the pin root but was not made by bpfdeploy", self.file, "pin_root",
                     hint="choose a pin root of the deployment's own; bpfdeploy removes nothing it did not create"))
+        tc_targets = {a.target for a in self.d.attachments if a.attach_type.tc_filter}
+        for qdisc in (record.created_qdiscs if record else ()):
+            if qdisc not in tc_targets:
+                self.deletes.append(Action(Kind.DELETE, Resource.QDISC, f"qdisc:{qdisc}",
+                                           "added by this deployment and no longer used (removed only when it "
+                                           "holds no filters)", live_pin=qdisc, before=f"clsact on {qdisc}"))
         wanted = [Path(a.target) for a in self.d.attachments if a.kind is HookKind.CGROUP]
         wanted_cgroups = {str(p) for w in wanted for p in (w, *w.parents)}  # a used cgroup's parents stay too
         # Children before their parents.

@@ -36,10 +36,12 @@ class LegacyAttachment:
     """A legacy attach (no link): where it is, and which program id we put there."""
 
     name: str
-    attach_type: int
-    target: str  # cgroup path
+    attach_type: int  # a kernel attach type, or hooks.TC_INGRESS / TC_EGRESS for a tc filter
+    target: str  # cgroup path, or "device[@netns file]" for a tc filter
     prog_id: int
     flags: int  # BPF_F_ALLOW_* used
+    priority: int = 0  # tc filter pref and handle
+    handle: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,9 @@ class Record:
     legacy: tuple[LegacyAttachment, ...] = ()
     created_cgroups: tuple[str, ...] = ()
     manifest: str = ""
+    # link name -> the hook it was made for, where the kernel does not say (device, tracepoint, uprobe)
+    link_targets: dict = field(default_factory=dict)
+    created_qdiscs: tuple[str, ...] = ()  # "device[@netns file]" where we added the clsact qdisc
 
     def digest_of(self, prog_id: int) -> str | None:
         return self.digests.get(str(prog_id))
@@ -59,11 +64,13 @@ class Record:
     def to_json(self) -> dict:
         return {"format": RECORD_FORMAT, "name": self.name, "pin_root": self.pin_root, "boot_id": self.boot_id,
                 "manifest": self.manifest, "digests": dict(sorted(self.digests.items(), key=lambda kv: int(kv[0]))),
-                "legacy": [vars_of(a) for a in self.legacy], "created_cgroups": list(self.created_cgroups)}
+                "legacy": [vars_of(a) for a in self.legacy], "created_cgroups": list(self.created_cgroups),
+                "link_targets": dict(sorted(self.link_targets.items())), "created_qdiscs": list(self.created_qdiscs)}
 
 
 def vars_of(a: LegacyAttachment) -> dict:
-    return {"name": a.name, "attach_type": a.attach_type, "target": a.target, "prog_id": a.prog_id, "flags": a.flags}
+    return {"name": a.name, "attach_type": a.attach_type, "target": a.target, "prog_id": a.prog_id, "flags": a.flags,
+            "priority": a.priority, "handle": a.handle}
 
 
 def record_path(name: str, directory: Path | None = None) -> Path:
@@ -94,6 +101,7 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
     except OSError:
         return record
     digests, legacy, cgroups = dict(record.digests), {a.name: a for a in record.legacy}, set(record.created_cgroups)
+    targets, qdiscs = dict(record.link_targets), set(record.created_qdiscs)
     for line in lines:
         try:
             entry = json.loads(line)
@@ -105,6 +113,10 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
             digests[str(entry["digest"][0])] = str(entry["digest"][1])
         elif "cgroup" in entry:
             cgroups.add(entry["cgroup"])
+        elif "link_target" in entry:
+            targets[entry["link_target"][0]] = entry["link_target"][1]
+        elif "qdisc" in entry:
+            qdiscs.add(entry["qdisc"])
         elif "legacy" in entry:
             try:
                 a = LegacyAttachment(**entry["legacy"])
@@ -112,7 +124,7 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
             except TypeError:
                 continue
     return Record(record.name, record.pin_root, record.boot_id, digests, tuple(legacy.values()),
-                  tuple(sorted(cgroups)), record.manifest)
+                  tuple(sorted(cgroups)), record.manifest, targets, tuple(sorted(qdiscs)))
 
 
 def read_record(name: str, pin_root: str, directory: Path | None = None, current_boot: str | None = None) -> Record:
@@ -133,7 +145,9 @@ def _read_record_file(name: str, pin_root: str, directory: Path | None, current_
         return Record(name=name, pin_root=data.get("pin_root", pin_root), boot_id=data["boot_id"],
                       digests={str(k): str(v) for k, v in data.get("digests", {}).items()},
                       legacy=tuple(LegacyAttachment(**a) for a in data.get("legacy", ())),
-                      created_cgroups=tuple(data.get("created_cgroups", ())), manifest=data.get("manifest", ""))
+                      created_cgroups=tuple(data.get("created_cgroups", ())), manifest=data.get("manifest", ""),
+                      link_targets={str(k): str(v) for k, v in data.get("link_targets", {}).items()},
+                      created_qdiscs=tuple(data.get("created_qdiscs", ())))
     except (TypeError, KeyError):
         return empty
 

@@ -21,8 +21,9 @@ from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
+from bpfdeploy.hooks import TC_EGRESS, TC_INGRESS
 from bpfdeploy.record import (LegacyAttachment, Record, boot_id, journal_append, journal_path, remove_record,
-                              write_record)
+                              vars_of, write_record)
 
 
 @dataclass
@@ -90,9 +91,11 @@ class _Run:
         self.map_fds: dict[str, int] = {}  # deployment map name -> fd to use
         self.prog_fds: dict[str, int] = {}  # program pin name -> fd of the program to attach
         self.prog_ids: dict[str, int] = {}  # program pin name -> id after apply
+        self.prog_pins: dict[str, str] = {}  # program pin name -> where the program loaded now is pinned
         self.renames: list[tuple[str, str]] = []  # staged pin -> final pin, done at commit
         self.legacy: dict[str, LegacyAttachment] = {}
         self.created_cgroups: set[str] = set(live.record.created_cgroups if live.record else ())
+        self.created_qdiscs: set[str] = set(live.record.created_qdiscs if live.record else ())
         self.digests: dict[str, str] = {}
         self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
 
@@ -150,6 +153,9 @@ class _Run:
             if a.resource is Resource.MAP:
                 self._map(a)
         self._programs([a for a in actions if a.resource is Resource.PROGRAM])
+        for a in actions:
+            if a.resource is Resource.QDISC and a.kind is Kind.CREATE:
+                self._qdisc(a)
         for a in actions:
             if a.resource is Resource.ATTACHMENT:
                 self._attachment(a)
@@ -257,6 +263,7 @@ class _Run:
                 self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
                 if a.kind is Kind.REPLACE:
                     self.renames.append((target, str(p.pin)))
+                self.prog_pins[p.pin_name] = target
                 self.prog_fds[p.pin_name] = fd
                 self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
                 self.digests[str(self.prog_ids[p.pin_name])] = p.digest
@@ -274,8 +281,107 @@ class _Run:
         flags = os.O_RDONLY | (os.O_DIRECTORY if a.kind is HookKind.CGROUP else 0)
         return self._fd(os.open(a.target, flags))
 
+    def _make_link(self, att: DesiredAttachment, prog_fd: int) -> int:
+        """A new bpf_link holding prog_fd on the attachment's hook (the caller pins it)."""
+        at = att.attach_type
+        if att.kind is HookKind.DEVICE:
+            import socket
+
+            from bpfdeploy.kernel import netns
+
+            with netns.entered(att.netns):
+                ifindex = socket.if_nametoindex(att.device)
+                flags = libbpf.XDP_FLAGS.get(att.xdp_mode or "", 0)
+                return libbpf.link_create_flags(prog_fd, ifindex, at.value, flags)
+        if att.kind is HookKind.TRACE:
+            short = at.short[0]
+            if short == "raw_tracepoint":
+                return libbpf.raw_tracepoint_open(att.trace_target, prog_fd)
+            if short == "tp_btf":
+                return libbpf.raw_tracepoint_open(None, prog_fd)
+            if short == "iter":
+                return libbpf.link_create(prog_fd, 0, at.value)
+            perf_fd = self._perf_event(att)
+            try:
+                return libbpf.link_create(prog_fd, perf_fd, at.value)
+            finally:
+                os.close(perf_fd)  # the link holds the perf event
+        return libbpf.link_create(prog_fd, self._target_fd(att), at.value)
+
+    def _perf_event(self, att: DesiredAttachment) -> int:
+        short = att.attach_type.short[0]
+        if short == "tracepoint":
+            tracefs = ensure_tracefs()
+            tp_id = int((Path(tracefs) / "events" / att.trace_target / "id").read_text())
+            return libbpf.perf_event_open(2, tp_id)  # PERF_TYPE_TRACEPOINT
+        if short in ("uprobe", "uretprobe"):
+            import ctypes
+
+            from bpfdeploy.kernel.elfsym import symbol_offset
+
+            pmu = int(Path("/sys/bus/event_source/devices/uprobe/type").read_text())
+            offset = (symbol_offset(att.binary, att.symbol) if att.symbol else 0) + (att.offset or 0)
+            path = ctypes.create_string_buffer(att.binary.encode())
+            retprobe = 1 if short == "uretprobe" else 0  # format/retprobe is config:0
+            return libbpf.perf_event_open(pmu, retprobe, ctypes.addressof(path), offset, att.pid or -1)
+        raise KernelError(f"{short} cannot be attached on this kernel")
+
+    def _tc(self, a: Action) -> None:
+        """A tc filter at a fixed pref/handle: 'replace' creates it or swaps its program atomically."""
+        from bpfdeploy.kernel import netns
+
+        att: DesiredAttachment = a.desired
+        priority, handle, old = a.details
+        direction = "ingress" if att.attach_type.value == TC_INGRESS else "egress"
+        prog = self.d.program(att.program)
+        pin = self.prog_pins.get(att.program, str(prog.pin))  # the staged pin of a program replaced now
+        base = ["tc", "filter", "replace", "dev", att.device, direction, "pref", str(priority), "handle",
+                str(handle), "bpf", "da", "pinned"]
+        self._tc_run(netns.command(base + [pin], att.netns))
+        if a.kind is Kind.UPDATE and old is not None:
+            self.undo.push(f"put back tc filter {att.name}",
+                           lambda: self._tc_run(netns.command(base + [str(prog.pin)], att.netns)))
+        else:
+            self.undo.push(f"delete tc filter {att.name}", lambda: self._tc_run(netns.command(
+                ["tc", "filter", "del", "dev", att.device, direction, "pref", str(priority), "handle", str(handle),
+                 "bpf"], att.netns)))
+        self.legacy[att.name] = LegacyAttachment(att.name, att.attach_type.value, att.target,
+                                                 self.prog_ids[att.program], 0, priority, handle)
+        self._journal({"legacy": vars_of(self.legacy[att.name])})
+
+    def _tc_run(self, argv: list[str]) -> None:
+        from bpfdeploy.kernel import runner
+
+        result = runner.run(argv)
+        self._mut()
+        if result.returncode != 0:
+            raise KernelError(f"{' '.join(argv)} failed: {result.error_text()}")
+
+    def _qdisc(self, a: Action) -> None:
+        from bpfdeploy.kernel import netns
+
+        att: DesiredAttachment = a.desired
+        self._step(a)
+        self._journal({"qdisc": att.target})
+        self._tc_run(netns.command(["tc", "qdisc", "add", "dev", att.device, "clsact"], att.netns))
+        self.undo.push(f"delete clsact on {att.device}", lambda: self._tc_run(
+            netns.command(["tc", "qdisc", "del", "dev", att.device, "clsact"], att.netns)))
+        self.created_qdiscs.add(att.target)
+        self._done(a)
+
     def _attachment(self, a: Action) -> None:
         att: DesiredAttachment = a.desired
+        if att.attach_type.tc_filter:
+            if a.kind is Kind.NOOP:
+                self.legacy[att.name] = a.details[2]
+                return
+            self._step(a)
+            self._prog_fd(att.program)
+            if att.program not in self.prog_ids:
+                self.prog_ids[att.program] = libbpf.prog_id(self._prog_fd(att.program))
+            self._tc(a)
+            self._done(a)
+            return
         if a.kind is Kind.NOOP:
             if att.mode.legacy and a.details:
                 self.legacy[att.name] = a.details[1]
@@ -291,7 +397,7 @@ class _Run:
                 self._mut()
                 self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: libbpf.link_update(l, o))
             else:
-                link_fd = self._fd(libbpf.link_create(prog_fd, self._target_fd(att), att.attach_type.value))
+                link_fd = self._fd(self._make_link(att, prog_fd))
                 self._mut()
                 target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
                 libbpf.obj_pin(link_fd, target)
@@ -342,6 +448,8 @@ class _Run:
             try:
                 if a.resource is Resource.ATTACHMENT and not a.live_pin:
                     self._detach_legacy(a.details[1])
+                elif a.resource is Resource.QDISC:
+                    self._delete_qdisc(a.live_pin)
                 elif a.resource is Resource.CGROUP:
                     try:
                         os.rmdir(a.live_pin)
@@ -363,6 +471,14 @@ class _Run:
         self._remove_empty_dirs()
 
     def _detach_legacy(self, old: LegacyAttachment) -> None:
+        if old.attach_type in (TC_INGRESS, TC_EGRESS):
+            from bpfdeploy.kernel import netns
+
+            device, _, ns = old.target.partition("@")
+            direction = "ingress" if old.attach_type == TC_INGRESS else "egress"
+            self._tc_run(netns.command(["tc", "filter", "del", "dev", device, direction, "pref", str(old.priority),
+                                        "handle", str(old.handle), "bpf"], ns or None))
+            return
         flags = os.O_RDONLY | os.O_DIRECTORY
         try:
             target_fd = os.open(old.target, flags)
@@ -379,6 +495,29 @@ class _Run:
         finally:
             os.close(prog_fd)
             os.close(target_fd)
+
+    def _delete_qdisc(self, target: str) -> None:
+        """Remove a clsact qdisc we added, unless filters (anyone's) are still on it."""
+        from bpfdeploy.kernel import netns, runner
+        from bpfdeploy.kernel.live import parse_tc_filters
+
+        device, _, ns = target.partition("@")
+        ns = ns or None
+        if ns and not os.path.exists(ns):
+            self.created_qdiscs.discard(target)
+            return
+        left = []
+        for direction in ("ingress", "egress"):
+            result = runner.run(netns.command(["tc", "-j", "filter", "show", "dev", device, direction], ns))
+            if result.returncode != 0:  # the device is gone, and its qdisc with it
+                self.created_qdiscs.discard(target)
+                return
+            left += parse_tc_filters(result.stdout)
+        if left:
+            self.result.warnings.append(f"clsact qdisc on {target} was kept: it still holds tc filters")
+            return
+        self._tc_run(netns.command(["tc", "qdisc", "del", "dev", device, "clsact"], ns))
+        self.created_qdiscs.discard(target)
 
     def _remove_empty_dirs(self) -> None:
         root = self.d.pin_root
@@ -400,12 +539,17 @@ class _Run:
 
     def write_record(self, destroy: bool, manifest_file: str) -> None:
         if destroy:
-            if not self.created_cgroups:
+            if not self.created_cgroups and not self.created_qdiscs:
                 remove_record(self.d.name, self.state_dir)
                 return
+        from bpfdeploy.plan import link_target
+
+        targets = {a.name: link_target(a, self.live.hooks.get((a.kind.value, a.target, a.attach_type.value)))
+                   for a in self.d.attachments if not a.mode.legacy and not a.attach_type.tc_filter}
         record = Record(name=self.d.name, pin_root=str(self.d.pin_root), boot_id=boot_id(),
                         digests=self.digests, legacy=tuple(self.legacy.values()),
-                        created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file)
+                        created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file,
+                        link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)))
         write_record(record, self.state_dir)
 
 
@@ -422,3 +566,20 @@ def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
         from bpfdeploy.diagnostics import HostError
 
         raise HostError(f"cannot mount bpffs on {path}: {result.error_text()}")
+
+
+def ensure_tracefs(path: str = "/sys/kernel/tracing") -> str:
+    """The tracefs mount (mounted here if missing: libbpf and perf tracepoints need it)."""
+    from bpfdeploy.host import read_mounts
+
+    mounted = read_mounts().tracefs
+    if mounted is not None:
+        return str(mounted)
+    from bpfdeploy.kernel import runner
+
+    result = runner.run(["mount", "-t", "tracefs", "nodev", path])
+    if result.returncode != 0:
+        from bpfdeploy.diagnostics import HostError
+
+        raise HostError(f"cannot mount tracefs on {path}: {result.error_text()}")
+    return path

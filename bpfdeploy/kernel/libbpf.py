@@ -406,3 +406,60 @@ def map_create(map_type: int, name: str, key_size: int, value_size: int, max_ent
     if fd < 0:
         raise _fail(f"cannot create map {name}")
     return fd
+
+
+# ---------------------------------------------------------------- device and tracing links
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # struct bpf_link_create_opts of libbpf 1.1: sz, flags, iter_info, iter_info_len, target_btf_id, union (32 B).
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", c_u32), ("iter_info", vp), ("iter_info_len", c_u32),
+                ("target_btf_id", c_u32), ("_union", ctypes.c_uint64 * 4)]
+
+
+XDP_FLAGS = {"generic": 1 << 1, "driver": 1 << 2, "offload": 1 << 3}  # XDP_FLAGS_SKB_MODE, DRV_MODE, HW_MODE
+
+
+def link_create_flags(prog_fd: int, target: int, attach_type: int, flags: int) -> int:
+    """bpf_link_create with flags (an XDP mode); target is an fd or an ifindex."""
+    opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=flags)
+    fd = lib().lib.bpf_link_create(prog_fd, target, attach_type, ctypes.byref(opts))
+    if fd < 0:
+        raise _fail("cannot create link")
+    return fd
+
+
+def raw_tracepoint_open(name: str | None, prog_fd: int) -> int:
+    """A raw_tp link (name None: the BTF tracepoint the program was loaded for)."""
+    fn = lib().lib.bpf_raw_tracepoint_open
+    fn.restype, fn.argtypes = c_int, [cp, c_int]
+    fd = fn(name.encode() if name else None, prog_fd)
+    if fd < 0:
+        raise _fail(f"cannot attach to raw tracepoint {name or '(from BTF)'}")
+    return fd
+
+
+class _PerfEventAttr(ctypes.Structure):
+    # struct perf_event_attr up to PERF_ATTR_SIZE_VER5 (112 bytes): what tracepoints and uprobes need.
+    _fields_ = [("type", c_u32), ("size", c_u32), ("config", c_u64), ("sample_period", c_u64),
+                ("sample_type", c_u64), ("read_format", c_u64), ("flags", c_u64), ("wakeup_events", c_u32),
+                ("bp_type", c_u32), ("config1", c_u64), ("config2", c_u64), ("_rest", ctypes.c_uint8 * 40)]
+
+
+_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "arm64": 241}
+
+
+def perf_event_open(pmu_type: int, config: int, config1: int = 0, config2: int = 0, pid: int = -1) -> int:
+    import platform
+
+    attr = _PerfEventAttr(type=pmu_type, size=112, config=config, config1=config1, config2=config2)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    nr = _PERF_EVENT_OPEN.get(platform.machine(), 298)
+    cpu = 0 if pid == -1 else -1
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.byref(attr), c_int(pid), c_int(cpu), c_int(-1),
+                      ctypes.c_ulong(8))  # PERF_FLAG_FD_CLOEXEC
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise KernelError(f"perf_event_open failed: {os.strerror(err)} (errno {err})", errno=err)
+    return fd

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bpfdeploy.desired import DesiredState, MapGeometry
 from bpfdeploy.diagnostics import HostError
-from bpfdeploy.hooks import BY_VALUE, HookKind
+from bpfdeploy.hooks import BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel import runner
 from bpfdeploy.record import Record, other_deployments, read_record
 
@@ -53,6 +53,7 @@ class LiveLink:
     cgroup_id: int | None = None
     attach_type: str | None = None
     netns_ino: int | None = None
+    ifindex: int | None = None  # xdp and tcx links (read through libbpf: bpftool 7.1 does not print it)
 
 
 HookKey = tuple[str, str, int]  # (kind, target, attach type value)
@@ -65,8 +66,10 @@ class LiveHook:
     prog_ids: tuple[int, ...]
     attach_flags: int
     target_exists: bool = True
-    target_id: int | None = None  # cgroup id (inode) or netns inode
+    target_id: int | None = None  # cgroup id (inode), netns inode, ifindex, or a uprobe's file offset
     error: str = ""
+    filters: tuple = ()  # tc: (pref, handle, program id) of each bpf filter
+    clsact: bool = False  # tc: the device has a clsact qdisc
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +232,32 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         all_maps = parse_maps(results[1].stdout)
         map_names = {m.id: m.name for m in all_maps}
         maps = index_by_pin(all_maps, root)
-        links = index_by_pin(parse_links(results[2].stdout), root)
+        links = _with_ifindex(index_by_pin(parse_links(results[2].stdout), root))
     map_values = _read_map_values(desired, maps)
     return LiveState(root, root_exists, pinned, overlapping, programs, maps, links,
                      _read_hooks(desired, record, maps), record, True, map_values, names,
                      existing_cgroups, map_names)
+
+
+def _with_ifindex(links: dict) -> dict:
+    """Add the device of xdp and tcx links, which bpftool 7.1 does not print."""
+    import dataclasses
+
+    from bpfdeploy.kernel import libbpf
+
+    out = {}
+    for pin, link in links.items():
+        if link.type in ("xdp", "11", "tcx"):
+            try:
+                fd = libbpf.obj_get(pin)
+                try:
+                    link = dataclasses.replace(link, ifindex=libbpf.link_info(fd).u0)
+                finally:
+                    os.close(fd)
+            except Exception:
+                pass
+        out[pin] = link
+    return out
 
 
 def _read_map_values(desired: DesiredState, maps: dict) -> dict:
@@ -258,15 +282,35 @@ def hook_key(kind: HookKind | str, target: str, attach_type: int) -> HookKey:
 
 
 def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
-    """BPF_PROG_QUERY on every hook the deployment uses now or used before (legacy attaches)."""
+    """What is attached at every hook the deployment uses now or used before (legacy attaches)."""
+    out: dict = {}
+    fd_hooks: dict[HookKey, str] = {}
+    device_hooks: dict[HookKey, tuple[str, str | None]] = {}  # -> (device, netns file)
+    for att in desired.attachments:
+        key = hook_key(att.kind, att.target, att.attach_type.value)
+        if att.kind is HookKind.SOCKMAP:
+            fd_hooks[key] = str(desired.map(att.target).pin)
+        elif att.kind is HookKind.DEVICE:
+            device_hooks[key] = (att.device, att.netns)
+        elif att.kind is HookKind.TRACE:
+            out[key] = _trace_hook(att)
+        else:
+            fd_hooks[key] = att.target
+    for legacy in record.legacy:
+        if legacy.attach_type in (TC_INGRESS, TC_EGRESS):
+            device, _, netns = legacy.target.partition("@")
+            device_hooks.setdefault(hook_key(HookKind.DEVICE, legacy.target, legacy.attach_type), (device, netns or None))
+        else:
+            fd_hooks.setdefault(hook_key(HookKind.CGROUP, legacy.target, legacy.attach_type), legacy.target)
+    out.update(_fd_hooks(fd_hooks, maps))
+    out.update(_device_hooks(device_hooks))
+    return out
+
+
+def _fd_hooks(wanted: dict[HookKey, str], maps: dict) -> dict:
+    """BPF_PROG_QUERY on cgroups, sockmaps and network namespaces."""
     from bpfdeploy.kernel import libbpf
 
-    wanted: dict[HookKey, str] = {}
-    for att in desired.attachments:
-        path = str(desired.map(att.target).pin) if att.kind is HookKind.SOCKMAP else att.target
-        wanted[hook_key(att.kind, att.target, att.attach_type.value)] = path
-    for legacy in record.legacy:
-        wanted.setdefault(hook_key(HookKind.CGROUP, legacy.target, legacy.attach_type), legacy.target)
     out = {}
     for key, path in wanted.items():
         kind = key[0]
@@ -291,6 +335,82 @@ def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
         finally:
             os.close(fd)
     return out
+
+
+def _device_hooks(wanted: dict[HookKey, tuple[str, str | None]]) -> dict:
+    """xdp (bpftool net show), tc filters (tc -j), tcx (BPF_PROG_QUERY), each in the device's netns."""
+    import socket
+
+    from bpfdeploy.kernel import libbpf, netns
+
+    out = {}
+    for key, (device, ns) in wanted.items():
+        value = key[2]
+        if ns and not os.path.exists(ns):
+            out[key] = LiveHook((), 0, target_exists=False, error=f"network namespace {ns} does not exist")
+            continue
+        try:
+            with netns.entered(ns):
+                ifindex = socket.if_nametoindex(device)
+                query = libbpf.prog_query(ifindex, value) if value in (46, 47) else None
+        except OSError as exc:
+            out[key] = LiveHook((), 0, target_exists=False, error=f"device {device}: {exc.strerror or exc}")
+            continue
+        if query is not None:
+            out[key] = LiveHook(query.prog_ids, query.attach_flags, True, ifindex)
+        elif value == 37:
+            result = runner.run(netns.command(["bpftool", "-j", "net", "show", "dev", device], ns))
+            data = _load_json(result.stdout, "net show") if result.returncode == 0 else []
+            ids = tuple(x["id"] for block in data for x in block.get("xdp", ()) if x.get("ifindex") == ifindex)
+            out[key] = LiveHook(ids, 0, True, ifindex, error="" if result.returncode == 0 else result.error_text())
+        else:
+            direction = "ingress" if value == TC_INGRESS else "egress"
+            filters = runner.run(netns.command(["tc", "-j", "filter", "show", "dev", device, direction], ns))
+            qdiscs = runner.run(netns.command(["tc", "-j", "qdisc", "show", "dev", device], ns))
+            parsed = parse_tc_filters(filters.stdout) if filters.returncode == 0 else ()
+            has_clsact = any(q.get("kind") == "clsact" for q in _load_json(qdiscs.stdout, "tc qdisc show") or ())
+            out[key] = LiveHook(tuple(f[2] for f in parsed), 0, True, ifindex, filters=parsed, clsact=has_clsact)
+    return out
+
+
+def parse_tc_filters(text: str) -> tuple[tuple[int, int, int], ...]:
+    """(pref, handle, program id) of each bpf filter in `tc -j filter show` output."""
+    out = []
+    for f in _load_json(text, "tc filter show") or ():
+        options = f.get("options") or {}
+        if f.get("kind") != "bpf" or "handle" not in options:
+            continue
+        prog = (options.get("prog") or {}).get("id", 0)
+        out.append((int(f.get("pref", 0)), int(str(options["handle"]), 0), int(prog)))
+    return tuple(out)
+
+
+def _trace_hook(att) -> LiveHook:
+    """Whether a tracing hook can exist here: tracepoint in tracefs, kprobe PMU, uprobe symbol."""
+    short = att.attach_type.short[0]
+    if short in ("kprobe", "kretprobe"):
+        if not os.path.isdir("/sys/bus/event_source/devices/kprobe"):
+            return LiveHook((), 0, False, error="this kernel has no kprobe PMU (CONFIG_KPROBES is off): "
+                                                "kprobes cannot be attached here")
+        return LiveHook((), 0, True)
+    if short == "tracepoint":
+        from bpfdeploy.host import read_mounts
+
+        tracefs = read_mounts().tracefs
+        if tracefs is not None and not (tracefs / "events" / att.trace_target / "id").exists():
+            return LiveHook((), 0, False, error=f"no tracepoint {att.trace_target} in {tracefs}/events")
+        return LiveHook((), 0, True)
+    if short in ("uprobe", "uretprobe"):
+        from bpfdeploy.kernel.elfsym import ElfError, symbol_offset
+
+        if not os.path.isfile(att.binary):
+            return LiveHook((), 0, False, error=f"binary {att.binary} does not exist")
+        try:
+            offset = (symbol_offset(att.binary, att.symbol) if att.symbol else 0) + (att.offset or 0)
+        except (ElfError, OSError, ValueError, IndexError) as exc:
+            return LiveHook((), 0, False, error=str(exc))
+        return LiveHook((), 0, True, offset)
+    return LiveHook((), 0, True)
 
 
 def attach_type_name(value: int) -> str:

@@ -55,6 +55,8 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
     pins: dict[str, tuple] = {}
     for obj in objects:
         for prog in obj.programs or ():
+            if not isinstance(prog.pin, str):  # malformed: the schema has reported it
+                continue
             if prog.pin in pins:
                 problems.append(raw.diag(prog.where, f"program pin name {prog.pin!r} is used twice",
                                          f"first used at {_fmt(pins[prog.pin])}; set a different 'pin'"))
@@ -194,40 +196,104 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         problems.append(raw.diag(where + ("type",), f"unknown attach type {data['type']!r}",
                                  f"did you mean {guess[0]!r}?" if guess else
                                  "expected a cgroup type (ingress, sock_ops, connect4, ...), a sockmap verdict "
-                                 "(msg_verdict, stream_verdict, stream_parser, skb_verdict) or flow_dissector"))
+                                 "(msg_verdict, stream_verdict, stream_parser, skb_verdict), flow_dissector, "
+                                 "a device hook (xdp, tc_ingress, tcx_ingress, ...) or a tracing hook "
+                                 "(tracepoint, raw_tracepoint, tp_btf, uprobe, uretprobe, iter)"))
         if "cgroup" in data:  # still check the target, so every problem shows at once
             spec = data["cgroup"]
             path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
             _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems, must_exist)
         return None
-    given = next(k for k in ("cgroup", "map", "netns") if k in data)
-    if given != at.kind.value:
-        problems.append(raw.diag(where + (given,), f"attach type {data['type']!r} needs a '{at.kind.value}' target, not '{given}'"))
+    fields = _TARGET_FIELDS
+    needed = _needed_fields(at)
+    for key in fields:
+        if key in data and key not in needed[0] | needed[1]:
+            problems.append(raw.diag(where + (key,), f"{key!r} does not apply to attach type {at.short[0]!r}",
+                                     _target_hint(at)))
+    missing = [k for k in sorted(needed[0]) if k not in data]
+    if at.short[0] in ("uprobe", "uretprobe") and "symbol" not in data and "offset" not in data:
+        missing.append("symbol or offset")
+    for key in missing:
+        problems.append(raw.diag(where, f"attach type {at.short[0]!r} needs '{key}'", _target_hint(at)))
+    if missing or any(k in data and k not in needed[0] | needed[1] for k in fields):
         return None
     mode = AttachMode(data.get("mode", "link"))
     if mode.legacy and at.kind is not hooks.HookKind.CGROUP:
         problems.append(raw.diag(where + ("mode",), f"mode {mode.value!r} is only for cgroup hooks",
-                                 "sockmap and netns attachments are always pinned links"))
-    cgroup = netns = None
+                                 "other attachments are pinned links (or tc filters for tc_ingress/tc_egress)"))
+    cgroup = netns = binary = None
     target = ""
-    if given == "cgroup":
+    if "netns" in data:
+        text = data["netns"]
+        netns = Path(text) if text.startswith("/") else NETNS_DIR / text
+        if not text.startswith("/") and "/" in text:
+            problems.append(raw.diag(where + ("netns",), f"netns {text!r} is neither a name nor an absolute path"))
+        target = netns.name if netns.parent == NETNS_DIR else "netns"
+    if at.kind is hooks.HookKind.CGROUP:
         spec = data["cgroup"]
         path_text, create = (spec, False) if isinstance(spec, str) else (spec["path"], bool(spec.get("create")))
         cgroup = _cgroup(raw, where + ("cgroup",), path_text, create, cgroup_root, problems, must_exist)
         if cgroup is None:
             return None
         target = str(cgroup.path.relative_to(cgroup_root)) if cgroup and cgroup.path != cgroup_root else "root"
-    elif given == "map":
+    elif at.kind is hooks.HookKind.SOCKMAP:
         target = data["map"]
-    else:
-        text = data["netns"]
-        netns = Path(text) if text.startswith("/") else NETNS_DIR / text
-        if not text.startswith("/") and "/" in text:
-            problems.append(raw.diag(where + ("netns",), f"netns {text!r} is neither a name nor an absolute path"))
-        target = netns.name if netns.parent == NETNS_DIR else "netns"
-    name = data.get("name") or _UNSAFE.sub("_", f"{data['program']}-{at.short[0]}-{target}")[:128]
+    elif at.kind is hooks.HookKind.DEVICE:
+        target = f"{target}-{data['device']}" if target else data["device"]
+    elif at.kind is hooks.HookKind.TRACE:
+        if "binary" in data:
+            binary = (raw.path.resolve().parent / data["binary"]).resolve()
+            if must_exist and not binary.is_file():
+                problems.append(raw.diag(where + ("binary",), f"binary {data['binary']!r} not found",
+                                         f"looked for {binary}"))
+            target = f"{binary.name}-{data.get('symbol', '')}{'+' + str(data['offset']) if 'offset' in data else ''}"
+        else:
+            target = data.get("target", "")
+            if at.short[0] == "tracepoint" and target.count("/") != 1:
+                problems.append(raw.diag(where + ("target",), f"tracepoint {target!r} is not 'category/name'",
+                                         "for example syscalls/sys_enter_execve"))
+    name = data.get("name") if isinstance(data.get("name"), str) else \
+        _UNSAFE.sub("_", "-".join(str(x) for x in (data["program"], at.short[0], target) if x))[:128]
     return AttachmentSpec(name=name, program=data["program"], attach_type=at, cgroup=cgroup,
-                          map=data.get("map"), netns=netns, mode=mode, where=where)
+                          map=data.get("map"), netns=netns, mode=mode, where=where, device=data.get("device"),
+                          xdp_mode=data.get("xdp_mode"), priority=data.get("priority", 1), handle=data.get("handle", 1),
+                          trace_target=data.get("target"), binary=binary, symbol=data.get("symbol"),
+                          offset=data.get("offset"), pid=data.get("pid"))
+
+
+_TARGET_FIELDS = ("cgroup", "map", "netns", "device", "xdp_mode", "priority", "handle", "target", "binary", "symbol",
+                  "offset", "pid")
+
+
+def _needed_fields(at) -> tuple[set[str], set[str]]:
+    """(required, optional) target fields of an attach type."""
+    kind, short = at.kind, at.short[0]
+    if kind is hooks.HookKind.CGROUP:
+        return {"cgroup"}, set()
+    if kind is hooks.HookKind.SOCKMAP:
+        return {"map"}, set()
+    if kind is hooks.HookKind.NETNS:
+        return {"netns"}, set()
+    if kind is hooks.HookKind.DEVICE:
+        extra = {"xdp_mode"} if short == "xdp" else {"priority", "handle"} if at.tc_filter else set()
+        return {"device"}, {"netns"} | extra
+    if short in ("uprobe", "uretprobe"):
+        return {"binary"}, {"symbol", "offset", "pid"}
+    if short in ("tracepoint", "raw_tracepoint", "kprobe", "kretprobe"):
+        return {"target"}, set()
+    return set(), set()  # tp_btf, iter: the program's SEC() names the hook
+
+
+def _target_hint(at) -> str:
+    required, optional = _needed_fields(at)
+    if at.short[0] in ("uprobe", "uretprobe"):
+        required = required | {"symbol or offset"}
+    parts = []
+    if required:
+        parts.append("needs " + ", ".join(sorted(required)))
+    if optional:
+        parts.append("may have " + ", ".join(sorted(optional)))
+    return f"{at.short[0]} " + ("; ".join(parts) if parts else "takes no target fields (its SEC() names the hook)")
 
 
 def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, must_exist: bool = True

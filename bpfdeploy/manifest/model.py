@@ -97,9 +97,18 @@ class AttachmentSpec:
     attach_type: AttachType
     cgroup: CgroupTarget | None
     map: str | None  # deployment map name (sockmap/sockhash)
-    netns: Path | None  # netns file
+    netns: Path | None  # netns file: the flow dissector's target, or where a device lives
     mode: AttachMode
     where: tuple
+    device: str | None = None  # xdp, tc, tcx
+    xdp_mode: str | None = None  # generic | driver | offload; None: the kernel picks
+    priority: int = 1  # tc filter pref
+    handle: int = 1  # tc filter handle
+    trace_target: str | None = None  # tracepoint "category/name", raw tracepoint or kprobe function
+    binary: Path | None = None  # uprobe
+    symbol: str | None = None
+    offset: int | None = None
+    pid: int | None = None
 
     @property
     def kind(self) -> HookKind:
@@ -110,6 +119,10 @@ class AttachmentSpec:
             return f"cgroup {self.cgroup.path}"
         if self.map is not None:
             return f"map {self.map}"
+        if self.device is not None:
+            return f"device {self.device}" + (f" in netns {self.netns}" if self.netns else "")
+        if self.kind is HookKind.TRACE:
+            return f"{self.attach_type.short[0]} {self.trace_target or self.binary or ''}"
         return f"netns {self.netns}"
 
 
