@@ -41,6 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     p = common(sub.add_parser("destroy", help="remove everything the deployment owns"))
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
+
+    probe_p = sub.add_parser("probe", help="what this host's kernel and tools can run")
+    probe_sub = probe_p.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
+    p = common(probe_sub.add_parser("features", help="kernel BPF features, tool versions, mounts, sysctls"),
+               manifest=False)
+    p.add_argument("--program-types", action="store_true", help="show program types only")
+    p.add_argument("--map-types", action="store_true", help="show map types only")
+    p.add_argument("--helpers", metavar="TYPE", help="show the helpers bpftool lists for one program type")
+    p.add_argument("--config", action="store_true", help="show system and kernel configuration only")
+    p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
+    p.add_argument("--cache-dir", type=Path, help="where probes are cached (default $BPFDEPLOY_PROBE_CACHE, "
+                                                  "else <build cache>/probe)")
+    p = common(probe_sub.add_parser("check", help="does this manifest fit this host? exit 0 yes, 1 no"))
+    p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
+    p.add_argument("--cache-dir", type=Path, help="where probes are cached")
     return parser
 
 
@@ -130,10 +145,33 @@ def _prepare(args, manifest: Path, destroy: bool = False):
     return prepare(manifest, _build_progress(args), destroy=destroy)
 
 
+def _gate(prepared, manifest: Path, refresh: bool = False, cache_dir: Path | None = None):
+    """Check the host against what the manifest needs (declared and implied), before any change."""
+    import dataclasses
+
+    from bpfdeploy.probe import check_requirements, implied_requirements, probe_features
+
+    requires = prepared.manifest.requires or {}
+    features = probe_features(cache_dir, refresh=refresh, full_config=bool(requires.get("config")))
+    programs, maps, attaches = implied_requirements(prepared.desired)
+    diags = check_requirements(features, program_types=programs, map_types=maps, attach_types=attaches,
+                               requires=requires, file=str(manifest))
+    lines = prepared.manifest
+    diags = [dataclasses.replace(d, line=lines.line_of(tuple(d.path.split(".")))) if d.path else d for d in diags]
+    return features, diags
+
+
 def _plan_for(prepared, manifest: Path, destroy: bool = False):
     from bpfdeploy.kernel.live import read_live_state
     from bpfdeploy.plan import plan
 
+    if not destroy:  # removing a deployment needs nothing of the host
+        _features, diags = _gate(prepared, manifest)
+        errors = [d for d in diags if d.severity == "error"]
+        if errors:
+            from bpfdeploy.diagnostics import ManifestError
+
+            raise ManifestError(f"{manifest} does not fit this host; nothing was changed", tuple(diags))
     live = read_live_state(prepared.desired)
     return live, plan(prepared.desired, live, str(manifest), destroy=destroy)
 
@@ -274,7 +312,43 @@ def cmd_destroy(args) -> int:
     return cmd_apply(args, destroy=True)
 
 
-_COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy}
+def cmd_probe(args) -> int:
+    return {"features": cmd_probe_features, "check": cmd_probe_check}[args.probe_command](args)
+
+
+def cmd_probe_features(args) -> int:
+    from bpfdeploy.probe import features_json, probe_features
+
+    features = probe_features(args.cache_dir, refresh=args.refresh)
+    known_type = args.helpers is None or features.helpers_for(args.helpers) is not None
+    if args.json:
+        print(json.dumps(features_json(features, program_types=args.program_types, map_types=args.map_types,
+                                       helpers=args.helpers, config=args.config), indent=2))
+    else:
+        from bpfdeploy.render.probe import render_features
+
+        render_features(features, program_types=args.program_types, map_types=args.map_types,
+                        helpers=args.helpers, config=args.config)
+    return ExitCode.OK if known_type else ExitCode.ERROR
+
+
+def cmd_probe_check(args) -> int:
+    prepared = _prepare(args, args.manifest)
+    features, diags = _gate(prepared, args.manifest, args.refresh, args.cache_dir)
+    errors = [d for d in diags if d.severity == "error"]
+    if args.json:
+        print(json.dumps({"fits": not errors, "kernel": features.kernel_release, "probed_at": features.probed_at,
+                          "from_cache": features.from_cache, "diagnostics": [d.to_json() for d in diags]},
+                         indent=2))
+    else:
+        from bpfdeploy.render.probe import render_check
+
+        render_check(diags, file=str(args.manifest), features=features)
+    return ExitCode.ERROR if errors else ExitCode.OK
+
+
+_COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy,
+             "probe": cmd_probe}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,12 +23,12 @@ Nothing here imports rich; ``bpfdeploy.render.probe`` draws the tables.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import time
+import zlib
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +42,14 @@ VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 PMU_DIR = Path("/sys/bus/event_source/devices")
 LSM_LIST = Path("/sys/kernel/security/lsm")
+# libbpf 1.1 reads tracepoint ids from the first path if it exists, else from the second.
+LIBBPF_TRACING_DIRS = ("/sys/kernel/debug/tracing", "/sys/kernel/tracing")
 SYSCTLS = {
     "unprivileged_bpf_disabled": "/proc/sys/kernel/unprivileged_bpf_disabled",
     "bpf_jit_enable": "/proc/sys/net/core/bpf_jit_enable",
     "bpf_stats_enabled": "/proc/sys/kernel/bpf_stats_enabled",
 }
-_CACHE_NAME = re.compile(r"^[0-9a-f-]{36}-[0-9a-f]{16}\.json$")
+_CACHE_NAME = re.compile(r"^[0-9a-f-]{36}-[0-9a-f]{8}\.json$")
 
 
 # -- the data model -------------------------------------------------------------------------
@@ -105,7 +107,9 @@ class HostState:
     mounts_read: bool = False  # the three mount fields below are meaningful
     bpffs: tuple[str, ...] = ()
     cgroup2: str | None = None
-    tracefs: str | None = None
+    tracefs: str | None = None  # the first tracefs mount
+    tracefs_mounts: tuple[str, ...] = ()  # every tracefs mount
+    libbpf_tracing_dir: str | None = None  # where libbpf will look (LIBBPF_TRACING_DIRS)
     unprivileged_bpf_disabled: int | None = None
     bpf_jit_enable: int | None = None
     bpf_stats_enabled: int | None = None
@@ -357,6 +361,20 @@ def _have(section: Mapping, pattern: re.Pattern) -> tuple[frozenset[str], frozen
     return frozenset(probed), frozenset(ok)
 
 
+def _tracepoint_note(host: HostState) -> AttachNote:
+    where = host.libbpf_tracing_dir
+    if not host.mounts_read or where is None:
+        return AttachNote("tracepoint", None, "mounts not read")
+    if where in host.tracefs_mounts:
+        return AttachNote("tracepoint", True, f"tracefs is mounted at {where}, where libbpf reads tracepoint ids")
+    if where == LIBBPF_TRACING_DIRS[0]:
+        return AttachNote("tracepoint", None, f"libbpf reads tracepoint ids from {where} (debugfs), which mounts "
+                                              "tracefs on first access; not checked")
+    elsewhere = f"; tracefs is mounted only at {', '.join(host.tracefs_mounts)}" if host.tracefs_mounts else ""
+    return AttachNote("tracepoint", False, f"tracefs is not mounted at {where}, where libbpf reads tracepoint ids "
+                                           f"(mount -t tracefs nodev {where}){elsewhere}")
+
+
 def _with_judgement(f: Features, host: HostState) -> Features:
     """Add what bpftool cannot say: caveats on its own results, and attach notes."""
     from dataclasses import replace
@@ -410,13 +428,7 @@ def _attach_notes(f: Features, host: HostState) -> tuple[AttachNote, ...]:
             notes.append(AttachNote(kind, value in ("y", "m"), f"{option} is {value or 'not set'}"))
         else:
             notes.append(AttachNote(kind, None, f"{PMU_DIR} not read and {option} unknown"))
-    if not host.mounts_read:
-        notes.append(AttachNote("tracepoint", None, "mounts not read"))
-    elif f.tracefs:
-        notes.append(AttachNote("tracepoint", True, f"tracefs mounted at {f.tracefs} (libbpf reads tracepoint ids there)"))
-    else:
-        notes.append(AttachNote("tracepoint", False, "tracefs is not mounted; libbpf needs it for tracepoint ids "
-                                                     "(mount -t tracefs nodev /sys/kernel/tracing)"))
+    notes.append(_tracepoint_note(host))
     if f.btf is False:
         notes.append(AttachNote("fentry", False, "no kernel BTF: fentry/fexit need /sys/kernel/btf/vmlinux"))
     elif f.program_type("tracing"):
@@ -433,7 +445,8 @@ def _attach_notes(f: Features, host: HostState) -> tuple[AttachNote, ...]:
     elif host.lsms is not None:
         notes.append(AttachNote("lsm", None, "bpf is an active LSM; whether lsm programs may load is not probed"))
     else:
-        notes.append(AttachNote("lsm", None, f"active LSMs unknown ({LSM_LIST} is not readable; securityfs unmounted?)"))
+        notes.append(AttachNote("lsm", None, f"active LSMs unknown ({LSM_LIST} is not readable; "
+                                             "securityfs unmounted?)"))
     return tuple(notes)
 
 
@@ -474,6 +487,9 @@ def read_host_state() -> HostState:
         bpffs=tuple(str(p) for p in mounts.bpffs) if mounts else (),
         cgroup2=str(mounts.cgroup2) if mounts and mounts.cgroup2 else None,
         tracefs=str(mounts.tracefs) if mounts and mounts.tracefs else None,
+        tracefs_mounts=tuple(fields[1] for line in (mounts_text or "").splitlines()
+                             if len(fields := line.split()) >= 3 and fields[2] == "tracefs"),
+        libbpf_tracing_dir=next((d for d in LIBBPF_TRACING_DIRS if os.path.exists(d)), LIBBPF_TRACING_DIRS[1]),
         unprivileged_bpf_disabled=_read_int(SYSCTLS["unprivileged_bpf_disabled"]),
         bpf_jit_enable=_read_int(SYSCTLS["bpf_jit_enable"]),
         bpf_stats_enabled=_read_int(SYSCTLS["bpf_stats_enabled"]),
@@ -514,14 +530,10 @@ def _identity(path: str | None) -> str | None:
     return f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _libbpf_identity(soname_path: str | None) -> str | None:
-    return _identity(soname_path) if soname_path else None
-
-
 def _tool_identities(libbpf_soname: str | None) -> dict[str, str | None]:
     """What must be unchanged for the cached versions to stay true (a few stat calls)."""
     return {"clang": _identity(shutil.which("clang")), "tc": _identity(shutil.which("tc")),
-            "libbpf": _libbpf_identity(libbpf_soname)}
+            "libbpf": _identity(libbpf_soname)}
 
 
 def _system_libbpf() -> tuple[str | None, str | None]:
@@ -583,7 +595,8 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(directory: Path, boot_id: str, bpftool_identity: str) -> Path:
-    key = hashlib.sha256(bpftool_identity.encode()).hexdigest()[:16]
+    # The file itself records the full identity and is checked on read: a clash only re-probes.
+    key = f"{zlib.crc32(bpftool_identity.encode()):08x}"
     return directory / f"{boot_id}-{key}.json"
 
 
@@ -724,6 +737,38 @@ class _Needs:
         return out
 
 
+def _attach_needs(at, hooks) -> list[tuple[str, str]]:
+    """What must be present on the host for one attach type, as (kind, name) needs.
+
+    Only what the probe (or a cheap look at the host) can show is claimed here.
+    """
+    out: list[tuple[str, str]] = []
+    if len(at.program_types) == 1:
+        out.append(("program_type", at.program_types[0]))
+    elif at.program_types:
+        out.append(("program_type_any", "|".join(at.program_types)))
+    if at.kind is hooks.HookKind.CGROUP:
+        out += [("mount", "cgroup2"), ("config", "CONFIG_CGROUP_BPF")]
+    if at.kind is hooks.HookKind.SOCKMAP:
+        out.append(("sockmap", "sockmap or sockhash"))
+    name = at.name
+    if name == "sk_skb_stream_parser":
+        out.append(("config", "CONFIG_BPF_STREAM_PARSER"))
+    if name in ("tc_ingress", "tc_egress"):  # a cls_bpf filter on a clsact qdisc, made with tc
+        out += [("config", "CONFIG_NET_CLS_BPF"), ("config", "CONFIG_NET_SCH_INGRESS"), ("tool", "tc")]
+    if name in ("tcx_ingress", "tcx_egress"):
+        out.append(("kernel_min", "tcx links@6.6"))
+    if name in ("kprobe", "kretprobe"):
+        out.append(("attach", "kprobe"))
+    if name in ("uprobe", "uretprobe"):
+        out.append(("attach", "uprobe"))
+    if name == "tracepoint":
+        out.append(("attach", "tracepoint"))
+    if name in ("tp_btf", "iter"):
+        out.append(("btf", "btf"))
+    return out
+
+
 def _as_list(value) -> list:
     if value is None:
         return []
@@ -771,12 +816,7 @@ def check_requirements(features: Features, *, program_types: Collection[str] = (
                 diag(f"kernel {minimum} or newer is needed (declared in requires.kernel) but the host's kernel "
                      f"release {release} is not a version", "requires.kernel", severity="warning")
     if requires.get("btf") is True:
-        if features.btf is False:
-            diag(f"kernel BTF is needed (declared in requires.btf) but {VMLINUX_BTF} is missing on kernel {release}",
-                 "requires.btf", "a kernel built with CONFIG_DEBUG_INFO_BTF=y provides it")
-        elif features.btf is None:
-            diag("kernel BTF is needed (declared in requires.btf) but whether this host has it was not checked",
-                 "requires.btf", severity="warning")
+        needs.add("btf", "btf", "declared in requires.btf", "requires.btf")
 
     for name in program_types:
         needs.add("program_type", name, "by the manifest", "")
@@ -799,16 +839,17 @@ def check_requirements(features: Features, *, program_types: Collection[str] = (
                  "one of: " + ", ".join(t.name for t in hooks.ATTACH_TYPES), "error" if declared else "warning")
             continue
         why = f"by attach type {at.name}" + (" (declared in requires.attach_types)" if declared else "")
-        for pt in at.program_types:
-            needs.add("program_type", pt, why, path)
-        if at.kind is hooks.HookKind.CGROUP:
-            needs.add("mount", "cgroup2", why, path)
-            needs.add("config", "CONFIG_CGROUP_BPF", why, path)
-        if at.name == "sk_skb_stream_parser":
-            needs.add("config", "CONFIG_BPF_STREAM_PARSER", why, path)
-        if at.kind is hooks.HookKind.SOCKMAP:
-            needs.add("sockmap", "sockmap or sockhash", why, path)
+        for kind, need in _attach_needs(at, hooks):
+            needs.add(kind, need, why, path)
 
+    for name, why, path in needs.of("btf"):
+        if features.btf is False:
+            diag(f"kernel BTF is needed ({why}) but {VMLINUX_BTF} is missing on kernel {release}", path,
+                 "a kernel built with CONFIG_DEBUG_INFO_BTF=y provides it")
+        elif features.btf is None:
+            diag(f"kernel BTF is needed ({why}) but whether this host has it was not checked", path,
+                 severity="warning")
+    wanted_programs = {name for name, _why, _path in needs.of("program_type")}
     for name, why, path in needs.of("program_type"):
         have = features.program_type(name)
         if name not in hooks.PROG_TYPES and have is None:
@@ -838,6 +879,13 @@ def check_requirements(features: Features, *, program_types: Collection[str] = (
         elif have is None:
             diag(f"map type {name} is needed ({why}) but {tool} does not probe it, so whether kernel {release} "
                  f"has it is unknown", path, severity="warning")
+    for names, why, path in needs.of("program_type_any"):
+        choices = names.split("|")
+        if wanted_programs & set(choices):
+            continue  # the manifest's own program is checked by its type
+        if all(features.program_type(c) is False for c in choices):
+            diag(f"program type {' or '.join(choices)} is needed ({why}) but bpftool feature probe reports none of "
+                 f"them available on kernel {release}", path)
     for _name, why, path in needs.of("sockmap"):
         if wanted_maps & hooks.SOCKMAP_TYPES:
             continue  # the map the attachment targets is checked by its own type
@@ -850,6 +898,27 @@ def check_requirements(features: Features, *, program_types: Collection[str] = (
         elif not features.cgroup2_mounted:
             diag(f"a cgroup v2 mount is needed ({why}) but none is mounted on this host (/proc/self/mounts)", path,
                  "mount -t cgroup2 none /sys/fs/cgroup/unified (or wherever the host keeps it)")
+    for name, why, path in needs.of("attach"):
+        note = features.attach_note(name)
+        if note is None or note.available is None:
+            diag(f"{name} attachments are needed ({why}) but whether this host allows them is unknown"
+                 + (f": {note.evidence}" if note else ""), path, severity="warning")
+        elif note.available is False:
+            # tracefs can still be mounted before the attach; a missing PMU cannot be fixed.
+            fixable = name == "tracepoint"
+            diag(f"{name} attachments are needed ({why}) but "
+                 + ("cannot be made yet" if fixable else "are impossible") + f" on kernel {release}: {note.evidence}",
+                 path, severity="warning" if fixable else "error")
+    for name, why, path in needs.of("tool"):
+        if name == "tc" and not features.versions.iproute2:
+            diag(f"the tc command (iproute2) is needed ({why}) but it was not found on this host", path,
+                 "install iproute2")
+    for name, why, path in needs.of("kernel_min"):
+        feature, minimum = name.split("@")
+        if kernel_at_least(features.kernel_release, minimum) is False:
+            diag(f"{feature} are needed ({why}); they arrived in Linux {minimum} and this host runs {release}, so "
+                 "they are probably missing (distribution kernels sometimes carry them earlier)", path,
+                 severity="warning")
     for option, why, path in needs.of("config"):
         known, value = features.config(option)
         if not known:
@@ -858,6 +927,7 @@ def check_requirements(features: Features, *, program_types: Collection[str] = (
                     else "bpftool does not report it and the full kernel config was not read"), path,
                  "probe with the full kernel config (/proc/config.gz) to check it", "warning")
         elif value not in ("y", "m"):
-            diag(f"kernel option {option} is needed ({why}) but kernel {release} has it "
-                 + (f"set to {value}" if value is not None else "not set"), path)
+            diag(f"kernel option {option} is needed ({why}) but "
+                 + (f"kernel {release} has {option}={value}" if value is not None
+                    else f"it is not set in the config of kernel {release}"), path)
     return diags

@@ -38,6 +38,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, j
   rm -f "$log"
 fi
 
+# The program the uprobe example traces.
+if [ ! -x build/uprobe-target ] || [ bpf/uprobe-demo/target.c -nt build/uprobe-target ]; then
+  mkdir -p build
+  clang -O1 -g -o build/uprobe-target bpf/uprobe-demo/target.c
+fi
+
 # bpffs: not mounted on a fresh machine.
 if [ "$(stat -f -c %T /sys/fs/bpf 2>/dev/null)" != "bpf_fs" ]; then
   echo "bootstrap: mounting bpffs on /sys/fs/bpf"

@@ -81,7 +81,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
     if any(d.severity == "error" for d in problems):
         return None, problems
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
-                        attachments=tuple(attachments), lines=raw.lines)
+                        attachments=tuple(attachments), lines=raw.lines, requires=data.get("requires"))
     return manifest, problems
 
 

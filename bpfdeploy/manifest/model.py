@@ -137,6 +137,7 @@ class Manifest:
     maps: tuple[MapSettings, ...]
     attachments: tuple[AttachmentSpec, ...]
     lines: dict  # manifest path -> line, for diagnostics found after loading
+    requires: dict = None  # the manifest's requires section as written (None: nothing declared)
 
     def map_settings(self, name: str) -> MapSettings | None:
         for m in self.maps:

@@ -55,8 +55,10 @@ def test_program_replaced_by_hand_is_replaced_back(sandbox):
     manifest, root = _applied(sandbox)
     # Pin another copy of the same program over ours: same code, but not loaded by bpfdeploy.
     pin = root / "progs/count_ingress"
-    cache = Path(sandbox.env["BPFDEPLOY_CACHE_DIR"]) / "objects"
-    built = next(p for p in cache.glob("*.o"))
+    built = sandbox.tmp / "counters.o"
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c",
+                    str(Path(__file__).resolve().parents[2] / "bpf/cgroup-counters/counters.bpf.c"), "-o", str(built)],
+                   check=True)
     pin.unlink()
     subprocess.run(["bpftool", "prog", "load", str(built), str(pin)], check=True)
     changes = _actions(sandbox, manifest)
