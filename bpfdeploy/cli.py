@@ -42,6 +42,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
 
+    p = sub.add_parser("status", help="deployments on this host, or one deployment in detail")
+    p.add_argument("manifest", type=Path, nargs="?", help="a deployment's manifest (omit: list every deployment)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--state-dir", type=Path, help="where deployment records live")
+    p.add_argument("--stats", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                   help="measure run counts and run time over a window (default 1 s) with kernel.bpf_stats_enabled")
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                   help="refresh a live table every SECONDS (default 2) until Ctrl-C")
+    p = sub.add_parser("dump", help="a deployment map's entries, formatted through BTF")
+    p.add_argument("deployment", help="deployment name or manifest file")
+    p.add_argument("map", help="map name")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--state-dir", type=Path, help="where deployment records live")
+    p = common(sub.add_parser("metrics", help="Prometheus metrics from the deployment's maps and programs"))
+    p.add_argument("--listen", default="127.0.0.1:9435", metavar="ADDR:PORT",
+                   help="serve /metrics over HTTP here (default 127.0.0.1:9435)")
+    p.add_argument("--textfile", type=Path, metavar="PATH",
+                   help="write a node_exporter textfile (atomically) instead of serving; with --interval, repeatedly")
+    p.add_argument("--interval", type=float, metavar="SECONDS", help="with --textfile: rewrite every SECONDS")
+    p.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
+
     probe_p = sub.add_parser("probe", help="what this host's kernel and tools can run")
     probe_sub = probe_p.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
     p = common(probe_sub.add_parser("features", help="kernel BPF features, tool versions, mounts, sysctls"),
@@ -312,6 +333,105 @@ def cmd_destroy(args) -> int:
     return cmd_apply(args, destroy=True)
 
 
+def _status_of(prepared, manifest: Path, stats_seconds: float | None):
+    from bpfdeploy.status import deployment_status, measure_stats, program_stats
+
+    live, p = _plan_for(prepared, manifest)
+    ids = {prog.id for prog in live.programs.values()}
+    stats = None
+    if stats_seconds is not None:
+        stats = measure_stats(ids, stats_seconds)
+    elif ids:
+        stats = program_stats(ids)  # counters that stay from earlier stats windows, if any
+    return deployment_status(prepared.desired, live, p, stats, stats_seconds)
+
+
+def cmd_status(args) -> int:
+    _require_root()
+    if args.manifest is None:
+        from bpfdeploy.status import list_deployments
+
+        items = list_deployments()
+        if args.json:
+            from dataclasses import asdict
+
+            print(json.dumps([asdict(d) for d in items], indent=2))
+        else:
+            from bpfdeploy.render import status as view
+
+            view.deployments(items)
+        return ExitCode.OK
+    prepared = _prepare(args, args.manifest)
+    if args.watch and not args.json:
+        from rich.live import Live
+
+        from bpfdeploy.render import status as view
+        from bpfdeploy.render.human import out
+
+        with Live(view.status_table(_status_of(prepared, args.manifest, args.stats)), console=out,
+                  refresh_per_second=4) as live_view:
+            try:
+                while True:
+                    import time
+
+                    time.sleep(args.watch)
+                    live_view.update(view.status_table(_status_of(prepared, args.manifest, args.stats)))
+            except KeyboardInterrupt:
+                return ExitCode.OK
+    status = _status_of(prepared, args.manifest, args.stats)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=2))
+    else:
+        from bpfdeploy.render import status as view
+        from bpfdeploy.render.human import out
+
+        out.print(view.status_table(status))
+    return ExitCode.OK
+
+
+def cmd_dump(args) -> int:
+    from bpfdeploy.status import dump_map
+
+    _require_root()
+    entries = dump_map(args.deployment, args.map)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        from bpfdeploy.render import status as view
+
+        view.dump(entries, f"{args.deployment} / {args.map}")
+    return ExitCode.OK
+
+
+def cmd_metrics(args) -> int:
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server, write_to_textfile
+
+    from bpfdeploy.metrics import DeploymentCollector
+
+    prepared = _prepare(args, args.manifest)
+    registry = CollectorRegistry()
+    registry.register(DeploymentCollector(prepared, lambda: _status_of(prepared, args.manifest, None)))
+    if args.once:
+        sys.stdout.write(generate_latest(registry).decode())
+        return ExitCode.OK
+    if args.textfile:
+        import time
+
+        while True:
+            write_to_textfile(str(args.textfile), registry)  # a temporary file renamed into place
+            if not args.interval:
+                return ExitCode.OK
+            time.sleep(args.interval)
+    host, _, port = args.listen.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    print(f"serving metrics of {prepared.desired.name} on http://{args.listen}/metrics", file=sys.stderr, flush=True)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+    return ExitCode.OK
+
+
 def cmd_probe(args) -> int:
     return {"features": cmd_probe_features, "check": cmd_probe_check}[args.probe_command](args)
 
@@ -348,7 +468,7 @@ def cmd_probe_check(args) -> int:
 
 
 _COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy,
-             "probe": cmd_probe}
+             "probe": cmd_probe, "status": cmd_status, "dump": cmd_dump, "metrics": cmd_metrics}
 
 if __name__ == "__main__":
     sys.exit(main())

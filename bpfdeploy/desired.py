@@ -247,6 +247,10 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             recreate_if_incompatible=bool(settings and settings.recreate_if_incompatible),
             users=tuple(map_users.get(name, ()))))
 
+    for metric in manifest.metrics:
+        if metric.map not in map_defs:
+            diag(metric.where + ("map",), f"metric {metric.name!r} reads map {metric.map!r}, which no object defines",
+                 _choices(metric.map, map_defs))
     by_pin = {p.pin_name: p for p in programs}
     attachments: list[DesiredAttachment] = []
     for att in manifest.attachments:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from bpfdeploy.desired import DesiredAttachment, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import ApplyError, KernelError
@@ -583,3 +584,16 @@ def ensure_tracefs(path: str = "/sys/kernel/tracing") -> str:
 
         raise HostError(f"cannot mount tracefs on {path}: {result.error_text()}")
     return path
+
+
+@contextmanager
+def bpf_stats_enabled(path: str = "/proc/sys/kernel/bpf_stats_enabled") -> Iterator[None]:
+    """kernel.bpf_stats_enabled on for a measurement window, then back to what it was."""
+    before = Path(path).read_text().strip()
+    if before != "1":
+        Path(path).write_text("1")
+    try:
+        yield
+    finally:
+        if before != "1":
+            Path(path).write_text(before)

@@ -73,6 +73,7 @@ _SIGNATURES = {
     "bpf_map_update_elem": (c_int, [c_int, vp, vp, c_u64]),
     "bpf_map_lookup_elem": (c_int, [c_int, vp, vp]),
     "bpf_map_delete_elem": (c_int, [c_int, vp]),
+    "bpf_map_get_next_key": (c_int, [c_int, vp, vp]),
     "bpf_map_create": (c_int, [c_int, cp, c_u32, c_u32, c_u32, vp]),
     "libbpf_set_print": (vp, [vp]),
 }
@@ -394,6 +395,20 @@ def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
 def map_update(fd: int, key: bytes, value: bytes) -> None:
     if lib().lib.bpf_map_update_elem(fd, key, value, 0):
         raise _fail("cannot write map entry")
+
+
+def map_count(fd: int) -> int:
+    """Number of keys in a map (an array always has max_entries)."""
+    info = map_info(fd)
+    if info.type in (2, 6):  # array, percpu_array
+        return info.max_entries
+    key, next_key = ctypes.create_string_buffer(info.key_size), ctypes.create_string_buffer(info.key_size)
+    count, current = 0, None
+    while lib().lib.bpf_map_get_next_key(fd, current, next_key) == 0:
+        count += 1
+        ctypes.memmove(key, next_key, info.key_size)
+        current = key
+    return count
 
 
 def map_delete(fd: int, key: bytes) -> None:

@@ -25,6 +25,8 @@ from bpfdeploy.manifest.model import (
     Manifest,
     MapEntry,
     MapSettings,
+    MetricLabel,
+    MetricSpec,
     ObjectSpec,
     ProgramSpec,
 )
@@ -81,8 +83,23 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
     if any(d.severity == "error" for d in problems):
         return None, problems
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
-                        attachments=tuple(attachments), lines=raw.lines, requires=data.get("requires"))
+                        attachments=tuple(attachments), lines=raw.lines, requires=data.get("requires"),
+                        metrics=tuple(_metric(raw, i, m, problems) for i, m in enumerate(data.get("metrics") or ())))
     return manifest, problems
+
+
+def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:
+    where = ("metrics", i)
+    labels = []
+    for j, label in enumerate(data.get("labels") or ()):
+        decode = label.get("decode", "enum" if "enum" in label else "integer")
+        if decode == "enum" and not label.get("enum"):
+            problems.append(raw.diag(where + ("labels", j), "decode: enum needs an 'enum' table of number: name"))
+        labels.append(MetricLabel(label["name"], label.get("field"), decode,
+                                  tuple((str(k), str(v)) for k, v in (label.get("enum") or {}).items())))
+    return MetricSpec(name=data["name"], help=data.get("help", f"from map {data['map']}"),
+                      type=data.get("type", "counter"), map=data["map"], value_field=data.get("value"),
+                      labels=tuple(labels), where=where)
 
 
 def _items(value) -> list:

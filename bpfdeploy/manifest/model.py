@@ -127,6 +127,27 @@ class AttachmentSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricLabel:
+    name: str
+    field: str | None  # field of the key struct (BTF); None: the whole key
+    decode: str  # integer | ipv4 | ipv6 | port | string | enum | hex
+    enum: tuple[tuple[str, str], ...]  # decode enum: (number, name)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """A Prometheus metric made from one deployment map."""
+
+    name: str
+    help: str
+    type: str  # counter | gauge
+    map: str
+    value_field: str | None  # field of the value struct (BTF); None: the value itself
+    labels: tuple[MetricLabel, ...]
+    where: tuple
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A validated manifest."""
 
@@ -138,6 +159,7 @@ class Manifest:
     attachments: tuple[AttachmentSpec, ...]
     lines: dict  # manifest path -> line, for diagnostics found after loading
     requires: dict = None  # the manifest's requires section as written (None: nothing declared)
+    metrics: tuple = ()  # MetricSpec, for `bpfdeploy metrics`
 
     def map_settings(self, name: str) -> MapSettings | None:
         for m in self.maps:

@@ -1,0 +1,157 @@
+"""Prometheus metrics from a deployment: its maps (as the manifest's metrics section says),
+per-program run counts and run time, and the deployment's health.
+
+Maps are read at scrape time through `bpftool map dump -j`, whose BTF-formatted output gives
+struct fields and char arrays by name; the exposition is made by the Prometheus client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bpfdeploy.diagnostics import BpfdeployError
+from bpfdeploy.kernel import runner
+from bpfdeploy.manifest.model import MetricLabel, MetricSpec
+
+
+def read_map(pin: Path) -> list[dict]:
+    result = runner.run(["bpftool", "-j", "map", "dump", "pinned", str(pin)])
+    if result.returncode != 0:
+        raise BpfdeployError(f"cannot dump {pin}: {result.error_text()}")
+    return json.loads(result.stdout or "[]")
+
+
+def _raw_bytes(values) -> bytes:
+    return bytes(int(x, 16) for x in values) if isinstance(values, list) else b""
+
+
+def _field(value, name: str | None):
+    if name is None:
+        return value
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(part)
+        value = value[part]
+    return value
+
+
+def _number(value) -> float:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):  # per-CPU values: summed
+        return sum(_number(v.get("value", v) if isinstance(v, dict) else v) for v in value)
+    if isinstance(value, str):
+        return float(int(value, 0))
+    raise ValueError(f"not a number: {value!r}")
+
+
+def decode_label(label: MetricLabel, value, raw: bytes) -> str:
+    """One label value from a key (or a key field), as the manifest says to decode it."""
+    kind = label.decode
+    if kind == "string":
+        if isinstance(value, str):
+            return value
+        data = raw if not isinstance(value, list) else bytes(int(x, 0) if isinstance(x, str) else x for x in value)
+        return data.split(b"\0", 1)[0].decode(errors="replace")
+    number = int(_number(value)) if not isinstance(value, str) or value.lstrip("-").isdigit() or value.startswith("0x") \
+        else None
+    if kind == "ipv4" and number is not None:
+        return str(ipaddress.IPv4Address(socket.ntohl(number & 0xFFFFFFFF)))
+    if kind == "ipv6":
+        data = raw if not isinstance(value, list) else bytes(int(x, 0) if isinstance(x, str) else x for x in value)
+        return str(ipaddress.IPv6Address(data[:16]))
+    if kind == "port" and number is not None:
+        return str(socket.ntohs(number & 0xFFFF))
+    if kind == "hex" and number is not None:
+        return hex(number)
+    if kind == "enum" and number is not None:
+        return dict(label.enum).get(str(number), str(number))
+    return str(number if number is not None else value)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+def map_samples(spec: MetricSpec, entries: list[dict]) -> list[Sample]:
+    """The samples of one metric from a map dump (pure: unit-testable on recorded dumps)."""
+    out = []
+    for entry in entries:
+        formatted = entry.get("formatted")
+        key = formatted["key"] if formatted else entry.get("key")
+        value = formatted["value"] if formatted else entry.get("value", entry.get("values"))
+        raw_key = _raw_bytes(entry.get("key"))
+        try:
+            number = _number(_field(value, spec.value_field))
+        except (KeyError, ValueError, TypeError):
+            continue
+        labels = []
+        if spec.labels:
+            for label in spec.labels:
+                part = _field(key, label.field)
+                labels.append((label.name, decode_label(label, part, raw_key)))
+        elif len(entries) > 1:
+            labels.append(("key", decode_label(MetricLabel("key", None, "integer", ()), key, raw_key)))
+        out.append(Sample(tuple(labels), number))
+    return out
+
+
+class DeploymentCollector:
+    """A Prometheus collector for one deployment; each scrape reads the kernel afresh."""
+
+    def __init__(self, prepared, read_status: Callable[[], object]):
+        self.prepared = prepared
+        self.read_status = read_status
+
+    def collect(self) -> Iterator:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        desired = self.prepared.desired
+        deployment = desired.name
+        for spec in self.prepared.manifest.metrics:
+            pin = desired.pin_root / "maps" / spec.map
+            try:
+                samples = map_samples(spec, read_map(pin))
+            except BpfdeployError:
+                samples = []
+            label_names = [name for name, _v in samples[0].labels] if samples else [l.name for l in spec.labels]
+            cls = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
+            family = cls(spec.name.removesuffix("_total") if spec.type == "counter" else spec.name, spec.help,
+                         labels=["deployment", *label_names])
+            for sample in samples:
+                family.add_metric([deployment, *(v for _k, v in sample.labels)], sample.value)
+            yield family
+        status = self.read_status()
+        runs = CounterMetricFamily("bpfdeploy_program_run_count", "Times each program ran (needs kernel.bpf_stats_enabled)",
+                                   labels=["deployment", "program", "type"])
+        runtime = CounterMetricFamily("bpfdeploy_program_run_time_seconds",
+                                      "Time each program ran (needs kernel.bpf_stats_enabled)",
+                                      labels=["deployment", "program", "type"])
+        for p in status.programs:
+            if p.run_cnt is not None:
+                runs.add_metric([deployment, p.name, p.type], p.run_cnt)
+                runtime.add_metric([deployment, p.name, p.type], p.run_time_ns / 1e9)
+        yield runs
+        yield runtime
+        counts = status.counts()
+        for key, help_text in (("programs_expected", "Programs the manifest deploys"),
+                               ("programs_loaded", "Programs loaded and pinned"),
+                               ("attachments_expected", "Attachments the manifest makes"),
+                               ("attachments_in_sync", "Attachments in place as the manifest says"),
+                               ("drifted", "Resources that differ from the manifest")):
+            gauge = GaugeMetricFamily(f"bpfdeploy_deployment_{key}", help_text, labels=["deployment"])
+            gauge.add_metric([deployment], counts[key])
+            yield gauge
+        up = GaugeMetricFamily("bpfdeploy_deployment_healthy", "1 when the kernel matches the manifest",
+                               labels=["deployment"])
+        up.add_metric([deployment], 1 if status.healthy else 0)
+        yield up

@@ -1,0 +1,91 @@
+"""Rich views of status and map dumps."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from rich.markup import escape
+from rich.table import Table
+
+from bpfdeploy.render.human import out
+
+COLOR = {"in sync": "green", "missing": "red", "drifted": "yellow", "unknown": "dim"}
+
+
+def deployments(items) -> None:
+    if not items:
+        out.print("No bpfdeploy deployments on this host.")
+        return
+    table = Table(title="Deployments", title_justify="left", header_style="bold")
+    for col in ("name", "pin root", "programs", "links", "maps", "manifest"):
+        table.add_column(col)
+    for d in items:
+        table.add_row(escape(d.name), escape(d.pin_root) + ("" if d.exists else " [red](missing)[/]"),
+                      str(d.programs), str(d.links), str(d.maps), escape(d.manifest or "?"))
+    out.print(table)
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def status_table(s):
+    """The status of one deployment as a renderable (also used by --watch)."""
+    from rich.console import Group
+
+    parts = []
+    health = "[green]in sync[/]" if s.healthy else "[yellow]drifted[/]"
+    parts.append(f"[bold]Deployment[/] [cyan]{escape(s.name)}[/] ({escape(s.pin_root)}): {health}")
+    progs = Table(title="Programs", title_justify="left", header_style="bold")
+    for col in ("program", "id", "type", "attached to", "state", "loaded at"):
+        progs.add_column(col)
+    if s.stats_window is not None:
+        progs.add_column(f"runs ({s.stats_window:g} s)", justify="right")
+        progs.add_column("avg run time", justify="right")
+    for p in s.programs:
+        row = [escape(p.name), str(p.id or "-"), p.type, escape("\n".join(p.attached) or "-"),
+               f"[{COLOR.get(p.state, 'white')}]{p.state}[/]" + (f"\n[dim]{escape(p.reason)}[/]" if p.reason else ""),
+               _when(p.loaded_at)]
+        if s.stats_window is not None:
+            avg = f"{p.run_time_ns / p.run_cnt:.0f} ns" if p.run_cnt else "-"
+            row += [str(p.run_cnt if p.run_cnt is not None else "-"), avg]
+        progs.add_row(*row)
+    parts.append(progs)
+    maps = Table(title="Maps", title_justify="left", header_style="bold")
+    for col in ("map", "id", "geometry", "entries", "state"):
+        maps.add_column(col)
+    for m in s.maps:
+        maps.add_row(escape(m.name), str(m.id or "-"), m.geometry, str(m.entries if m.entries is not None else "-"),
+                     f"[{COLOR.get(m.state, 'white')}]{m.state}[/]" + (f"\n[dim]{escape(m.reason)}[/]" if m.reason else ""))
+    parts.append(maps)
+    if s.attachments:
+        atts = Table(title="Attachments", title_justify="left", header_style="bold")
+        for col in ("attachment", "program", "hook", "state"):
+            atts.add_column(col)
+        for a in s.attachments:
+            atts.add_row(escape(a.name), escape(a.program), escape(a.hook),
+                         f"[{COLOR.get(a.state, 'white')}]{a.state}[/]" + (f"\n[dim]{escape(a.reason)}[/]" if a.reason else ""))
+        parts.append(atts)
+    for x in s.extra:
+        parts.append(f"[yellow]not in the manifest[/]: {escape(x)}")
+    for c in s.conflicts:
+        parts.append(f"[yellow]conflict[/]: {escape(c)}")
+    if s.stats_window is not None:
+        parts.append(f"[dim]Run counts were measured over {s.stats_window:g} s with kernel.bpf_stats_enabled=1, "
+                     "which was restored afterwards.[/]")
+    return Group(*parts)
+
+
+def dump(entries: list[dict], title: str) -> None:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("key")
+    table.add_column("value")
+    for e in entries:
+        table.add_row(escape(_compact(e.get("key"))), escape(_compact(e.get("value"))))
+    out.print(table)
+    out.print(f"{len(entries)} entries")
+
+
+def _compact(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
