@@ -186,6 +186,7 @@ def _plan_for(prepared, manifest: Path, destroy: bool = False):
     from bpfdeploy.kernel.live import read_live_state
     from bpfdeploy.plan import plan
 
+    warnings: tuple = ()
     if not destroy:  # removing a deployment needs nothing of the host
         _features, diags = _gate(prepared, manifest)
         errors = [d for d in diags if d.severity == "error"]
@@ -193,8 +194,14 @@ def _plan_for(prepared, manifest: Path, destroy: bool = False):
             from bpfdeploy.diagnostics import ManifestError
 
             raise ManifestError(f"{manifest} does not fit this host; nothing was changed", tuple(diags))
+        warnings = tuple(diags)  # what the probe cannot tell: shown, not blocking
     live = read_live_state(prepared.desired)
-    return live, plan(prepared.desired, live, str(manifest), destroy=destroy)
+    result = plan(prepared.desired, live, str(manifest), destroy=destroy)
+    if warnings:
+        import dataclasses
+
+        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings)
+    return live, result
 
 
 def _require_root() -> None:
@@ -415,13 +422,15 @@ def cmd_metrics(args) -> int:
         sys.stdout.write(generate_latest(registry).decode())
         return ExitCode.OK
     if args.textfile:
-        import time
+        import signal
+        import threading
 
+        stop = threading.Event()  # SIGTERM ends the loop between writes, never inside one
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while True:
             write_to_textfile(str(args.textfile), registry)  # a temporary file renamed into place
-            if not args.interval:
+            if not args.interval or stop.wait(args.interval):
                 return ExitCode.OK
-            time.sleep(args.interval)
     host, _, port = args.listen.rpartition(":")
     server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     print(f"serving metrics of {prepared.desired.name} on http://{args.listen}/metrics", file=sys.stderr, flush=True)

@@ -85,8 +85,9 @@ ATTACH_TYPES: tuple[AttachType, ...] = (
     _at(37, "xdp", ["xdp"], _D, ["xdp"]),
     _at(46, "tcx_ingress", ["tcx_ingress"], _D, ["sched_cls"]),
     _at(47, "tcx_egress", ["tcx_egress"], _D, ["sched_cls"]),
-    _at(TC_INGRESS, "tc_ingress", ["tc_ingress"], _D, ["sched_cls", "sched_act"], tc_filter=True),
-    _at(TC_EGRESS, "tc_egress", ["tc_egress"], _D, ["sched_cls", "sched_act"], tc_filter=True),
+    # A tc bpf filter takes classifiers only: the kernel refuses sched_act programs there (EINVAL).
+    _at(TC_INGRESS, "tc_ingress", ["tc_ingress"], _D, ["sched_cls"], tc_filter=True),
+    _at(TC_EGRESS, "tc_egress", ["tc_egress"], _D, ["sched_cls"], tc_filter=True),
     _at(BPF_PERF_EVENT, "tracepoint", ["tracepoint"], _T, ["tracepoint"], link_update=False),
     _at(BPF_TRACE_RAW_TP, "raw_tracepoint", ["raw_tracepoint", "raw_tp"], _T,
         ["raw_tracepoint", "raw_tracepoint_writable"], link_update=False),

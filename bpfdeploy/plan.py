@@ -43,9 +43,12 @@ class Resource(enum.Enum):
 
 
 def link_target(a: DesiredAttachment, hook) -> str:
-    """What a device or tracing link is attached to, as the record keeps it (a uprobe with its offset)."""
-    if a.attach_type.short[0] in ("uprobe", "uretprobe") and hook is not None and hook.target_id is not None:
-        return f"{a.target} @{hook.target_id:#x}"
+    """What a device or tracing link is attached to, as the record keeps it (a uprobe with its offset
+    and inode, an XDP link with its mode)."""
+    if a.attach_type.short[0] in ("uprobe", "uretprobe") and hook is not None and hook.identity:
+        return f"{a.target} {hook.identity}"
+    if a.attach_type.name == "xdp":
+        return f"{a.target} mode {a.xdp_mode or 'auto'}"
     return a.target
 
 
@@ -125,6 +128,7 @@ class _Planner:
         self.actions: list[Action] = []
         self.deletes: list[Action] = []
         self.cleanup: list[Action] = []  # leftovers of a killed apply, removed before anything else
+        self.qdiscs: set[str] = set()  # devices whose clsact qdisc this plan adds
         self.diags: list[Diagnostic] = []
         self.conflicts: list[str] = []
         self.replaced_maps: set[str] = set()
@@ -301,22 +305,37 @@ class _Planner:
         ids = self.live.program_ids()
         return ids
 
+    def _xdp_holder(self, a, hook) -> str | None:
+        """Our own XDP link already on the device (a device holds one XDP program)."""
+        if a.attach_type.name != "xdp" or hook is None or hook.target_id is None:
+            return None
+        return next((pin for pin, link in sorted(self.live.links.items())
+                     if link.type == "xdp" and link.ifindex == hook.target_id), None)
+
     def _link_attachment(self, a, address, after, hook, live_prog, prog_changed) -> None:
         self.explained.add(str(a.pin))
         link = self.live.links.get(str(a.pin))
+        holder = self._xdp_holder(a, hook)
+        takeover = ("xdp_takeover", holder) if holder else ()
+        gap = "a device holds one XDP program: the old link is removed just before the new one is made (gap)"
         if link is None:
-            self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, "not attached yet", desired=a, after=after))
+            self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, "not attached yet", desired=a,
+                                       after=after, details=takeover, transition=gap if holder else ""))
             return
         before = f"link id {link.id} holding program id {link.prog_id}"
         target_reason = self._link_target_mismatch(a, link, hook)
         recorded = self.live.record.link_targets.get(a.name) if self.live.record else None
-        if not target_reason and a.kind in (HookKind.DEVICE, HookKind.TRACE) and recorded != link_target(a, hook):
+        # Device links: the kernel tells the device (ifindex); the record adds the XDP mode.
+        # Tracing links: only the record tells what they are attached to.
+        check = a.kind is HookKind.TRACE or (a.kind is HookKind.DEVICE and recorded is not None)
+        if not target_reason and check and recorded != link_target(a, hook):
             target_reason = (f"it was made for {recorded}" if recorded else "its hook is not recorded") + \
                 f", the manifest now says {link_target(a, hook)}"
         if target_reason:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, target_reason, desired=a,
                                        live_pin=str(a.pin), live_id=link.id, before=before, after=after,
-                                       transition="the new link is attached before the old one is removed (brief overlap)"))
+                                       details=takeover, transition=gap if holder else
+                                       "the new link is attached before the old one is removed (brief overlap)"))
             return
         if (prog_changed or live_prog is None or link.prog_id != live_prog.id) and not a.attach_type.link_update:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address,
@@ -418,10 +437,22 @@ class _Planner:
         if others:
             self.conflicts.append(f"{a.hook_text()}: other tc filters are there (pref {others[0][0]}); left alone, "
                                   "they run in priority order with ours")
-        if hook is not None and not hook.clsact:
+        if hook is not None and not hook.clsact and a.target not in self.qdiscs:
+            self.qdiscs.add(a.target)
             self.actions.append(Action(Kind.CREATE, Resource.QDISC, f"qdisc:{a.target}", "the device has no clsact qdisc",
                                        desired=a, after=f"clsact on {a.device}"))
         details = (a.priority, a.handle, old)
+        moved = old is not None and (old.target, old.attach_type, old.priority, old.handle) != (
+            a.target, a.attach_type.value, a.priority, a.handle)
+        if moved:
+            old_hook = self.live.hooks.get(hook_key(HookKind.DEVICE, old.target, old.attach_type))
+            still = old_hook is not None and (old.priority, old.handle, old.prog_id) in old_hook.filters
+            self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its device, direction, priority "
+                                       "or handle changed", desired=a, live_id=old.prog_id, after=after,
+                                       before=f"tc filter pref {old.priority} handle {old.handle} on {old.target}",
+                                       details=(a.priority, a.handle, old if still else None),
+                                       transition="the new filter is added before the old one is removed"))
+            return
         if old is None or not ours_there:
             reason = "not attached yet" if old is None else "the recorded filter is gone or was changed"
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,

@@ -282,6 +282,36 @@ class _Run:
         flags = os.O_RDONLY | (os.O_DIRECTORY if a.kind is HookKind.CGROUP else 0)
         return self._fd(os.open(a.target, flags))
 
+    def _link_target(self, att: DesiredAttachment) -> str:
+        from bpfdeploy.plan import link_target
+
+        return link_target(att, self.live.hooks.get((att.kind.value, att.target, att.attach_type.value)))
+
+    def _xdp_takeover(self, att: DesiredAttachment, old_pin: str) -> None:
+        """Remove our old XDP link from the device (one XDP program per device); undo puts it back."""
+        link_fd = libbpf.obj_get(old_pin)
+        try:
+            info = libbpf.link_info(link_fd)
+            old_prog = self._fd(libbpf.prog_fd_by_id(info.prog_id))  # keeps the old program alive for undo
+            ifindex = info.u0
+        finally:
+            os.close(link_fd)
+        os.unlink(old_pin)  # the last reference: the link detaches now
+        self._mut()
+        recorded = (self.live.record.link_targets.get(Path(old_pin).name, "") if self.live.record else "")
+        mode = recorded.rpartition(" mode ")[2] if " mode " in recorded else ""
+
+        def put_back() -> None:
+            from bpfdeploy.kernel import netns
+
+            with netns.entered(att.netns):
+                fd = libbpf.link_create_flags(old_prog, ifindex, att.attach_type.value, libbpf.XDP_FLAGS.get(mode, 0))
+            try:
+                libbpf.obj_pin(fd, old_pin)
+            finally:
+                os.close(fd)
+        self.undo.push(f"put back the XDP link {old_pin}", put_back)
+
     def _make_link(self, att: DesiredAttachment, prog_fd: int) -> int:
         """A new bpf_link holding prog_fd on the attachment's hook (the caller pins it)."""
         at = att.attach_type
@@ -302,7 +332,7 @@ class _Run:
                 return libbpf.raw_tracepoint_open(None, prog_fd)
             if short == "iter":
                 return libbpf.link_create(prog_fd, 0, at.value)
-            perf_fd = self._perf_event(att)
+            perf_fd = self._perf_event(att)  # tracepoint, uprobe, kprobe
             try:
                 return libbpf.link_create(prog_fd, perf_fd, at.value)
             finally:
@@ -325,6 +355,13 @@ class _Run:
             path = ctypes.create_string_buffer(att.binary.encode())
             retprobe = 1 if short == "uretprobe" else 0  # format/retprobe is config:0
             return libbpf.perf_event_open(pmu, retprobe, ctypes.addressof(path), offset, att.pid or -1)
+        if short in ("kprobe", "kretprobe"):  # needs CONFIG_KPROBES: the plan refuses it where it is off
+            import ctypes
+
+            pmu = int(Path("/sys/bus/event_source/devices/kprobe/type").read_text())
+            function = ctypes.create_string_buffer(att.trace_target.encode())
+            retprobe = 1 if short == "kretprobe" else 0
+            return libbpf.perf_event_open(pmu, retprobe, ctypes.addressof(function), 0)
         raise KernelError(f"{short} cannot be attached on this kernel")
 
     def _tc(self, a: Action) -> None:
@@ -346,6 +383,8 @@ class _Run:
             self.undo.push(f"delete tc filter {att.name}", lambda: self._tc_run(netns.command(
                 ["tc", "filter", "del", "dev", att.device, direction, "pref", str(priority), "handle", str(handle),
                  "bpf"], att.netns)))
+        if a.kind is Kind.REPLACE and old is not None:
+            self.plan_deletes_extra.append(old)  # the filter at its old place goes after the commit
         self.legacy[att.name] = LegacyAttachment(att.name, att.attach_type.value, att.target,
                                                  self.prog_ids[att.program], 0, priority, handle)
         self._journal({"legacy": vars_of(self.legacy[att.name])})
@@ -398,6 +437,9 @@ class _Run:
                 self._mut()
                 self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: libbpf.link_update(l, o))
             else:
+                if "xdp_takeover" in a.details:
+                    self._xdp_takeover(att, a.details[1])
+                self._journal({"link_target": [att.name, self._link_target(att)]})
                 link_fd = self._fd(self._make_link(att, prog_fd))
                 self._mut()
                 target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
@@ -450,7 +492,8 @@ class _Run:
                 if a.resource is Resource.ATTACHMENT and not a.live_pin:
                     self._detach_legacy(a.details[1])
                 elif a.resource is Resource.QDISC:
-                    self._delete_qdisc(a.live_pin)
+                    if not self._delete_qdisc(a.live_pin):
+                        continue  # kept (it still holds filters): said in a warning
                 elif a.resource is Resource.CGROUP:
                     try:
                         os.rmdir(a.live_pin)
@@ -463,7 +506,10 @@ class _Run:
                         else:
                             raise
                 else:
-                    os.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
+                    try:
+                        os.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
+                    except FileNotFoundError:
+                        continue  # already gone (an XDP link taken over by its successor)
                 self._mut()
                 self._done(a)
             except (OSError, KernelError) as exc:
@@ -497,7 +543,7 @@ class _Run:
             os.close(prog_fd)
             os.close(target_fd)
 
-    def _delete_qdisc(self, target: str) -> None:
+    def _delete_qdisc(self, target: str) -> bool:
         """Remove a clsact qdisc we added, unless filters (anyone's) are still on it."""
         from bpfdeploy.kernel import netns, runner
         from bpfdeploy.kernel.live import parse_tc_filters
@@ -506,19 +552,20 @@ class _Run:
         ns = ns or None
         if ns and not os.path.exists(ns):
             self.created_qdiscs.discard(target)
-            return
+            return False
         left = []
         for direction in ("ingress", "egress"):
             result = runner.run(netns.command(["tc", "-j", "filter", "show", "dev", device, direction], ns))
             if result.returncode != 0:  # the device is gone, and its qdisc with it
                 self.created_qdiscs.discard(target)
-                return
+                return False
             left += parse_tc_filters(result.stdout)
         if left:
             self.result.warnings.append(f"clsact qdisc on {target} was kept: it still holds tc filters")
-            return
+            return False
         self._tc_run(netns.command(["tc", "qdisc", "del", "dev", device, "clsact"], ns))
         self.created_qdiscs.discard(target)
+        return True
 
     def _remove_empty_dirs(self) -> None:
         root = self.d.pin_root

@@ -31,7 +31,7 @@ def symbol_offset(path: str, symbol: str) -> int:
         strtab = sections[sh_link]
         for off in range(sh_offset, sh_offset + sh_size, sh_entsize):
             st_name, st_info, _other, st_shndx, st_value, _size = struct.unpack_from("<IBBHQQ", data, off)
-            if st_info & 0xF != 2 or st_shndx == 0 or not st_value:  # STT_FUNC, defined
+            if st_info & 0xF not in (2, 10) or st_shndx == 0 or not st_value:  # STT_FUNC, STT_GNU_IFUNC; defined
                 continue
             start = strtab[4] + st_name
             end = data.index(b"\0", start)

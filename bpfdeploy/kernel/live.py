@@ -68,6 +68,7 @@ class LiveHook:
     target_exists: bool = True
     target_id: int | None = None  # cgroup id (inode), netns inode, ifindex, or a uprobe's file offset
     error: str = ""
+    identity: str = ""  # uprobe: offset and inode the probe must sit on
     filters: tuple = ()  # tc: (pref, handle, program id) of each bpf filter
     clsact: bool = False  # tc: the device has a clsact qdisc
 
@@ -407,9 +408,11 @@ def _trace_hook(att) -> LiveHook:
             return LiveHook((), 0, False, error=f"binary {att.binary} does not exist")
         try:
             offset = (symbol_offset(att.binary, att.symbol) if att.symbol else 0) + (att.offset or 0)
+            inode = os.stat(att.binary).st_ino
         except (ElfError, OSError, ValueError, IndexError) as exc:
             return LiveHook((), 0, False, error=str(exc))
-        return LiveHook((), 0, True, offset)
+        # A uprobe sits on an inode at an offset: a rebuilt binary (new inode or moved function) needs a new one.
+        return LiveHook((), 0, True, offset, identity=f"@{offset:#x} inode {inode}")
     return LiveHook((), 0, True)
 
 

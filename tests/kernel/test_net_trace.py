@@ -235,3 +235,62 @@ def test_kprobe_is_refused_clearly_on_this_kernel(sandbox):
         assert proc.returncode == 1
         assert "no kprobe PMU" in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_xdp_mode_change_and_rename_take_over_the_device(sandbox):
+    a, b, dev = _pair(sandbox)
+    manifest, root = _example(sandbox, "xdp-drop.yaml", device=dev, netns=a)
+    sandbox.cli("apply", manifest)
+    data = yaml.safe_load(manifest.read_text())
+    data["attachments"][0]["xdp_mode"] = "driver"
+    manifest.write_text(yaml.safe_dump(data))
+    change = [x for x in sandbox.cli_json("plan", manifest)["actions"] if x["action"] != "no-op"]
+    assert len(change) == 1 and change[0]["action"] == "replace" and "gap" in change[0]["transition"]
+    sandbox.cli("apply", manifest)
+    shown = json.loads(subprocess.run(["nsenter", f"--net=/var/run/netns/{a}", "bpftool", "-j", "net", "show"],
+                                      capture_output=True, text=True).stdout)
+    assert [x["mode"] for x in shown[0]["xdp"]] == ["driver"]
+    data["attachments"][0]["name"] = "renamed"
+    manifest.write_text(yaml.safe_dump(data))
+    sandbox.cli("apply", manifest)
+    assert [p.name for p in (root / "links").iterdir()] == ["renamed"]
+    assert sandbox.cli_json("plan", manifest)["changes"] is False
+    assert _udp(sandbox, a, b, [9], 3, listen=9) == 0  # still dropping
+
+
+def test_tc_both_directions_on_a_bare_device_and_a_moved_filter(sandbox):
+    a, b, dev = _pair(sandbox)
+    manifest, root = _example(sandbox, "tc-mark.yaml", device=dev, netns=a)
+    data = yaml.safe_load(manifest.read_text())
+    data["attachments"][1]["type"] = "tc_egress"  # both are tc filters: one clsact qdisc for both
+    data["attachments"][1]["priority"] = 10
+    manifest.write_text(yaml.safe_dump(data))
+    plan = sandbox.cli_json("plan", manifest)
+    assert [x["resource"] for x in plan["actions"]].count("qdisc") == 1
+    sandbox.cli("apply", manifest)
+    data["attachments"][0]["priority"] = 20
+    manifest.write_text(yaml.safe_dump(data))
+    sandbox.cli("apply", manifest)
+
+    def prefs(direction):
+        out = subprocess.run(["nsenter", f"--net=/var/run/netns/{a}", "tc", "-j", "filter", "show", "dev", dev,
+                              direction], capture_output=True, text=True).stdout
+        return [f["pref"] for f in json.loads(out) if "options" in f]
+    assert prefs("ingress") == [20] and prefs("egress") == [10]
+    sandbox.cli("destroy", manifest)
+    assert prefs("ingress") == [] and prefs("egress") == []
+
+
+def test_uprobe_follows_a_binary_replaced_by_a_new_file(sandbox):
+    binary = sandbox.tmp / "target"
+    subprocess.run(["clang", "-O1", "-g", "-o", str(binary), str(REPO / "bpf/uprobe-demo/target.c")], check=True)
+    manifest, root = _example(sandbox, "uprobe-demo.yaml", binary=str(binary))
+    sandbox.cli("apply", manifest)
+    fresh = sandbox.tmp / "target.new"
+    subprocess.run(["clang", "-O1", "-g", "-o", str(fresh), str(REPO / "bpf/uprobe-demo/target.c")], check=True)
+    fresh.replace(binary)  # same code, same offset, a new inode (as a package upgrade does)
+    changes = [x for x in sandbox.cli_json("plan", manifest)["actions"] if x["action"] != "no-op"]
+    assert len(changes) == 2 and all("inode" in x["reason"] for x in changes), changes
+    sandbox.cli("apply", manifest)
+    subprocess.run([str(binary), "3"], check=True, capture_output=True)
+    assert map_values(root / "maps/calls")[0] == 3

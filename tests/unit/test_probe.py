@@ -346,17 +346,18 @@ def test_tc_filters_need_cls_bpf_clsact_and_the_tc_command():
 
 @_needs_hook("tc_ingress")
 def test_attach_types_open_to_several_program_types_need_only_one():
-    neither = edited({("program_types", "have_sched_cls_prog_type"): False,
-                      ("program_types", "have_sched_act_prog_type"): False})
-    messages = [d.message for d in errors(check(neither, requires={"attach_types": ["tc_ingress"]}))]
-    assert any(m.startswith("program type sched_cls or sched_act is needed") for m in messages)
-    only_act = edited({("program_types", "have_sched_cls_prog_type"): False})
-    assert not any("sched_cls or sched_act" in d.message
-                   for d in check(only_act, requires={"attach_types": ["tc_ingress"]}))
-    # The manifest's own sched_cls program is reported once, by its type.
-    diags = check(neither, program_types={"sched_cls"}, attach_types={"tc_ingress"})
-    assert [d.message.split(" is needed")[0] for d in errors(diags)][:1] == ["program type sched_cls"]
-    assert not any("sched_cls or sched_act" in d.message for d in diags)
+    # raw_tracepoint takes raw_tracepoint or raw_tracepoint_writable programs.
+    neither = edited({("program_types", "have_raw_tracepoint_prog_type"): False,
+                      ("program_types", "have_raw_tracepoint_writable_prog_type"): False})
+    messages = [d.message for d in errors(check(neither, requires={"attach_types": ["raw_tracepoint"]}))]
+    assert any(m.startswith("program type raw_tracepoint or raw_tracepoint_writable is needed") for m in messages)
+    only_writable = edited({("program_types", "have_raw_tracepoint_prog_type"): False})
+    assert not any("raw_tracepoint or raw_tracepoint_writable" in d.message
+                   for d in check(only_writable, requires={"attach_types": ["raw_tracepoint"]}))
+    # The manifest's own program is reported once, by its type.
+    diags = check(neither, program_types={"raw_tracepoint"}, attach_types={"raw_tracepoint"})
+    assert [d.message.split(" is needed")[0] for d in errors(diags)][:1] == ["program type raw_tracepoint"]
+    assert not any("raw_tracepoint or raw_tracepoint_writable" in d.message for d in diags)
 
 
 @_needs_hook("tcx_ingress")
