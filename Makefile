@@ -1,5 +1,5 @@
 # Everything also works without make: see scripts/bootstrap.sh.
-.PHONY: setup demo test unit kernel record-fixtures
+.PHONY: setup demo test unit kernel record-fixtures reliability bench
 
 setup:
 	bash scripts/bootstrap.sh setup
@@ -18,3 +18,6 @@ kernel:
 
 record-fixtures:
 	bash scripts/record-fixtures.sh
+
+reliability:
+	.venv/bin/python bench/reliability.py

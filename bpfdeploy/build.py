@@ -167,7 +167,9 @@ def build_all(manifest: Manifest, on_event: Callable[[str, str], None] | None = 
         if on_event:
             on_event("start", obj.name)
         tmp = out.with_suffix(f".tmp{os.getpid()}.o")
-        result = runner.run(["clang", *_clang_args(obj, vmlinux_dir), "-c", str(obj.source), "-o", str(tmp)])
+        result = runner.run(["clang", *_clang_args(obj, vmlinux_dir), "-x", "c", "-c", str(obj.source), "-o", str(tmp)])
+        if result.returncode == 0 and not tmp.exists():
+            result = runner.Result(result.argv, 1, result.stdout, "clang wrote no object file")
         if result.returncode == 0:
             tmp.replace(out)
         else:

@@ -250,8 +250,8 @@ def _saved_plan(path: Path) -> dict | None:
     """The saved plan in FILE, or None when FILE is a manifest."""
     try:
         text = path.read_text()
-    except OSError:
-        return None
+    except (OSError, UnicodeDecodeError):
+        return None  # not a saved plan: loading it as a manifest reports what is wrong
     if not text.lstrip().startswith("{"):
         return None
     try:

@@ -37,7 +37,8 @@ calls: list[tuple[str, ...]] = []  # every argv run by this process, in order
 def run(argv: list[str], *, input: str | None = None, timeout: float = 120) -> Result:
     calls.append(tuple(argv))
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
         return Result(tuple(argv), 127, "", f"{argv[0]}: command not found")
     except subprocess.TimeoutExpired:
@@ -48,7 +49,7 @@ def run(argv: list[str], *, input: str | None = None, timeout: float = 120) -> R
 def start(argv: list[str]) -> subprocess.Popen:
     """Start a command whose output is read later (several bpftool reads run side by side)."""
     calls.append(tuple(argv))
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(argv: list[str], proc: subprocess.Popen, timeout: float = 60) -> Result:

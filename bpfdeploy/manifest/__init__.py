@@ -8,6 +8,22 @@ from bpfdeploy.diagnostics import Diagnostic, ManifestError
 from bpfdeploy.manifest.model import Manifest
 
 
+def _resolve_shadows(problems: list[Diagnostic], schema_problems: list[Diagnostic]) -> list[Diagnostic]:
+    """An item the checks could not use is an error unless the schema already said why."""
+    import dataclasses
+
+    from bpfdeploy.manifest.checks import SHADOW
+
+    out = []
+    for d in problems:
+        if d.severity != SHADOW:
+            out.append(d)
+        elif not any(s.path == d.path or s.path.startswith(d.path + ".") or s.path.startswith(d.path + "[")
+                     for s in schema_problems):
+            out.append(dataclasses.replace(d, severity="error"))
+    return out
+
+
 def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist: bool = True
                   ) -> tuple[Manifest, list[Diagnostic]]:
     """Parse, schema-check and semantically check a manifest.
@@ -23,6 +39,7 @@ def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist:
     # The semantic checks run even on a document the schema refused (malformed items are
     # skipped), so that every problem is reported at once.
     manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root(), files_must_exist)
+    problems = _resolve_shadows(problems, schema_problems)
     if schema_problems:
         seen = {(d.path, d.message) for d in schema_problems}
         merged = list(schema_problems) + [d for d in problems if (d.path, d.message) not in seen]

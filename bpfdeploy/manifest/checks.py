@@ -51,7 +51,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
 
     pin_root = _pin_root(raw, data.get("pin_root"), name, problems) if isinstance(data.get("pin_root"), (str, type(None))) \
         else Path("/sys/fs/bpf/bpfdeploy") / name
-    objects = tuple(o for o in (_tolerant(_object, raw, base, oname, odata, problems, files_must_exist)
+    objects = tuple(o for o in (_tolerant(_object, raw, ("objects", oname), problems, base, oname, odata, problems, files_must_exist)
                                 for oname, odata in _items(data.get("objects"))) if o is not None)
 
     pins: dict[str, tuple] = {}
@@ -64,13 +64,13 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
                                          f"first used at {_fmt(pins[prog.pin])}; set a different 'pin'"))
             pins.setdefault(prog.pin, prog.where)
 
-    maps = tuple(m for m in (_tolerant(_map_settings, raw, mname, mdata) for mname, mdata in _items(data.get("maps")))
+    maps = tuple(m for m in (_tolerant(_map_settings, raw, ("maps", mname), problems, mname, mdata) for mname, mdata in _items(data.get("maps")))
                  if m is not None)
     attachments = []
     seen_names: dict[str, tuple] = {}
     attachment_list = data.get("attachments") if isinstance(data.get("attachments"), list) else []
     for i, adata in enumerate(attachment_list):
-        att = _tolerant(_attachment, raw, i, adata, cgroup_root, problems, files_must_exist)
+        att = _tolerant(_attachment, raw, ("attachments", i), problems, i, adata, cgroup_root, problems, files_must_exist)
         if att is None:
             continue
         if att.name in seen_names:
@@ -80,11 +80,13 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
         seen_names[att.name] = att.where
         attachments.append(att)
 
-    if any(d.severity == "error" for d in problems):
+    if any(d.severity in ("error", SHADOW) for d in problems):
         return None, problems
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
                         attachments=tuple(attachments), lines=raw.lines, requires=data.get("requires"),
-                        metrics=tuple(_metric(raw, i, m, problems) for i, m in enumerate(data.get("metrics") or ())))
+                        metrics=tuple(m for m in (_tolerant(_metric, raw, ("metrics", i), problems, i, m, problems) for i, m in
+                                                  enumerate(data.get("metrics") if isinstance(data.get("metrics"), list)
+                                                            else ())) if m is not None))
     return manifest, problems
 
 
@@ -102,16 +104,44 @@ def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:
                       labels=tuple(labels), where=where)
 
 
+def _safe_path(raw: RawManifest, where: tuple, text: str, base: Path, problems: list) -> Path | None:
+    """text as an absolute path, or None with a diagnostic when no file system call can take it."""
+    if "\0" in text:
+        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
+        return None
+    try:
+        return (base / text).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        problems.append(raw.diag(where, f"path {text[:80]!r} cannot be used: {getattr(exc, 'strerror', None) or exc}"))
+        return None
+
+
+def _is(check, path: Path) -> bool:
+    """path.is_file()/is_dir()/exists() that says False instead of raising (a name too long, EACCES)."""
+    try:
+        return check(path)
+    except (OSError, ValueError):
+        return False
+
+
 def _items(value) -> list:
     return list(value.items()) if isinstance(value, dict) else []
 
 
-def _tolerant(check, *args):
-    """Run one item's checks; an item the schema already found malformed is skipped, not crashed on."""
+def _tolerant(check, raw: RawManifest, where: tuple, problems: list, *args):
+    """Run one item's checks; an item the schema already found malformed is skipped, not crashed on.
+
+    If it fails in a way the schema did not foresee, that is an error at the item itself, so a
+    manifest never loads with an item silently missing.
+    """
     try:
-        return check(*args)
-    except (KeyError, TypeError, AttributeError, ValueError, IndexError, StopIteration):
+        return check(raw, *args)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, StopIteration, OSError) as exc:
+        problems.append(raw.diag(where, f"this item cannot be used: {exc}", severity=SHADOW))
         return None
+
+
+SHADOW = "shadow"  # an error that stands only if the schema found nothing at or below its path
 
 
 def _fmt(path: tuple) -> str:
@@ -144,19 +174,25 @@ def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list,
     where = ("objects", name)
     source = file = None
     if "source" in data:
-        source = (base / data["source"]).resolve()
-        if must_exist and not source.is_file():
+        source = _safe_path(raw, where + ("source",), data["source"], base, problems)
+        if source is None:
+            return None
+        if must_exist and not _is(Path.is_file, source):
             problems.append(raw.diag(where + ("source",), f"source file {data['source']!r} not found",
                                      f"looked for {source} (paths are relative to the manifest's directory)"))
     else:
-        file = (base / data["file"]).resolve()
-        if must_exist and not file.is_file():
+        file = _safe_path(raw, where + ("file",), data["file"], base, problems)
+        if file is None:
+            return None
+        if must_exist and not _is(Path.is_file, file):
             problems.append(raw.diag(where + ("file",), f"object file {data['file']!r} not found",
                                      f"looked for {file} (paths are relative to the manifest's directory)"))
     include_dirs = []
     for i, inc in enumerate(data.get("include_dirs") or ()):
-        path = (base / inc).resolve()
-        if must_exist and not path.is_dir():
+        path = _safe_path(raw, where + ("include_dirs", i), inc, base, problems)
+        if path is None:
+            continue
+        if must_exist and not _is(Path.is_dir, path):
             problems.append(raw.diag(where + ("include_dirs", i), f"include directory {inc!r} not found",
                                      f"looked for {path}"))
         include_dirs.append(path)
@@ -259,8 +295,10 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         target = f"{target}-{data['device']}" if target else data["device"]
     elif at.kind is hooks.HookKind.TRACE:
         if "binary" in data:
-            binary = (raw.path.resolve().parent / data["binary"]).resolve()
-            if must_exist and not binary.is_file():
+            binary = _safe_path(raw, where + ("binary",), data["binary"], raw.path.resolve().parent, problems)
+            if binary is None:
+                return None
+            if must_exist and not _is(Path.is_file, binary):
                 problems.append(raw.diag(where + ("binary",), f"binary {data['binary']!r} not found",
                                          f"looked for {binary}"))
             target = f"{binary.name}-{data.get('symbol', '')}{'+' + str(data['offset']) if 'offset' in data else ''}"
@@ -318,12 +356,15 @@ def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, mus
     if ".." in Path(text).parts:
         problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
         return None
+    if "\0" in text:
+        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
+        return None
     path = Path(os.path.normpath(text)) if text.startswith("/") else Path(os.path.normpath(root / text))
     if path != root and root not in path.parents:
         problems.append(raw.diag(where, f"cgroup path {text!r} is outside the cgroup v2 mount {root}",
                                  "give a path relative to the cgroup v2 mount, or an absolute path inside it"))
         return None
-    if path.exists():
+    if _is(Path.exists, path):
         real = path.resolve()
         if real != root and root.resolve() not in real.parents:
             problems.append(raw.diag(where, f"cgroup path {text!r} leads outside the cgroup v2 mount (symlink)"))

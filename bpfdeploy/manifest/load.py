@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,51 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """The safe loader; nodes are turned into values by _construct, which keeps lines."""
 
 
-def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: list) -> Any:
+MAX_NODES = 100_000  # a manifest is small: more nodes means an alias bomb
+
+
+class _Budget:
+    """Guards against YAML aliases that refer to themselves or multiply without end."""
+
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.count = 0
+
+
+def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: list,
+               budget: _Budget | None = None) -> Any:
+    budget = budget or _Budget()
+    budget.count += 1
+    if budget.count > MAX_NODES:
+        raise _TooBig(node.start_mark.line + 1)
+    if id(node) in budget.active:
+        raise _Recursive(node.start_mark.line + 1)
     lines[path] = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        budget.active.add(id(node))
+        try:
+            return _construct_collection(node, path, lines, file, problems, budget)
+        finally:
+            budget.active.discard(id(node))
+    if not node.style and "entries" in path and re.fullmatch(r"0[xX][0-9a-fA-F_]+", node.value):
+        # YAML reads an unquoted 0x0a000001 as an integer, which an entry stores little-endian.
+        problems.append(Diagnostic(f"{node.value} is read as the integer {int(node.value, 16)} and stored "
+                                   "little-endian", file, format_path(path), node.start_mark.line + 1,
+                                   f"quote it (\"{node.value}\") to give the bytes in this order", severity="warning"))
+    return _scalar(node)
+
+
+class _Recursive(Exception):
+    def __init__(self, line: int):
+        self.line = line
+
+
+class _TooBig(Exception):
+    def __init__(self, line: int):
+        self.line = line
+
+
+def _construct_collection(node, path: tuple, lines: dict, file: str, problems: list, budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
@@ -70,17 +114,10 @@ def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: l
                 problems.append(Diagnostic(f"duplicate key {key!r}", file, format_path(path + (key,)),
                                            key_node.start_mark.line + 1, hint="each key may appear once in a mapping"))
                 continue
-            out[key] = _construct(value_node, path + (key,), lines, file, problems)
+            out[key] = _construct(value_node, path + (key,), lines, file, problems, budget)
             lines[path + (key,)] = key_node.start_mark.line + 1  # point at "key:", not at its value
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, path + (i,), lines, file, problems) for i, item in enumerate(node.value)]
-    if not node.style and "entries" in path and node.value.lower().startswith("0x"):
-        # YAML reads an unquoted 0x0a000001 as an integer, which an entry stores little-endian.
-        problems.append(Diagnostic(f"{node.value} is read as the integer {int(node.value, 16)} and stored "
-                                   "little-endian", file, format_path(path), node.start_mark.line + 1,
-                                   f"quote it (\"{node.value}\") to give the bytes in this order", severity="warning"))
-    return _scalar(node)
+    return [_construct(item, path + (i,), lines, file, problems, budget) for i, item in enumerate(node.value)]
 
 
 _scalar_loader = _LineLoader("")
@@ -116,6 +153,13 @@ def load_raw(path: Path) -> RawManifest:
     problems: list[Diagnostic] = []
     try:
         data = _construct(node, (), lines, file, problems)
+    except _Recursive as exc:
+        raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
+            "a YAML alias refers to a node that contains it (a loop)", file, "", exc.line,
+            hint="write the value out instead of using an alias"),)) from None
+    except _TooBig as exc:
+        raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
+            f"the document expands to more than {MAX_NODES} nodes (aliases that multiply)", file, "", exc.line),)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
