@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import re
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -108,7 +106,7 @@ def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
 
 
 def _clang_args(obj: ObjectSpec, vmlinux_dir: Path) -> list[str]:
-    arch, multiarch = _ARCH.get(platform.machine(), ("x86", "x86_64-linux-gnu"))
+    arch, multiarch = _ARCH.get(os.uname().machine, ("x86", "x86_64-linux-gnu"))
     args = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", f"-I/usr/include/{multiarch}",
             f"-I{obj.source.parent}"]
     if obj.vmlinux_h:
@@ -177,6 +175,8 @@ def build_all(manifest: Manifest, on_event: Callable[[str, str], None] | None = 
         if on_event:
             on_event("done" if result.returncode == 0 else "failed", obj.name)
         return obj, digest, out, result
+
+    from concurrent.futures import ThreadPoolExecutor  # only when something is built
 
     failures: list[Diagnostic] = []
     with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:

@@ -7,8 +7,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import traceback
 from pathlib import Path
 
 from bpfdeploy.diagnostics import ApplyError, BpfdeployError, ExitCode
@@ -92,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return ExitCode.ERROR
     except Exception:  # an unexpected crash: one line, and where the traceback is
+        import tempfile
+        import traceback
+
         fd, path = tempfile.mkstemp(prefix="bpfdeploy-crash-", suffix=".txt")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)

@@ -23,7 +23,6 @@ from bpfdeploy import hooks
 from bpfdeploy.build import BuiltObject
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import AttachType, HookKind
-from bpfdeploy.kernel import libbpf
 from bpfdeploy.manifest.load import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Manifest
 
@@ -124,8 +123,10 @@ class DesiredState:
         return next((m for m in self.maps if m.name == name), None)
 
 
-def object_info(built: BuiltObject, cache: Path | None) -> libbpf.ObjectInfo:
+def object_info(built: BuiltObject, cache: Path | None):
     """Programs and maps of a built object; cached beside it by digest (opening ELF costs time)."""
+    from bpfdeploy.kernel import libbpf  # ctypes and libbpf.so only when an object is opened
+
     cached = cache / "objects" / f"{built.digest}.json" if cache else None
     if cached is not None and cached.exists():
         try:
@@ -148,7 +149,7 @@ def object_info(built: BuiltObject, cache: Path | None) -> libbpf.ObjectInfo:
 
 
 def resolve(manifest: Manifest, built: dict[str, BuiltObject],
-            infos: dict[str, libbpf.ObjectInfo]) -> tuple[DesiredState | None, list[Diagnostic]]:
+            infos: dict) -> tuple[DesiredState | None, list[Diagnostic]]:
     """Join the manifest with its objects; every problem is collected."""
     problems: list[Diagnostic] = []
     file = str(manifest.file)

@@ -45,6 +45,7 @@ def _at(value, name, short, kind, types, needs_expected=False, link_update=True,
 
 _C, _S, _N, _D, _T = HookKind.CGROUP, HookKind.SOCKMAP, HookKind.NETNS, HookKind.DEVICE, HookKind.TRACE
 BPF_PERF_EVENT, BPF_TRACE_RAW_TP, BPF_TRACE_ITER = 41, 23, 28
+BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE = 1, 2, 4  # legacy attach flags
 TC_INGRESS, TC_EGRESS = -1, -2  # not kernel attach types: tc filters on a clsact qdisc
 ADDR = ("cgroup_sock_addr",)
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from bpfdeploy.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import Diagnostic
-from bpfdeploy.hooks import BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
+from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel.live import LiveState, hook_key
-from bpfdeploy.kernel.libbpf import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE
 from bpfdeploy.manifest.load import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
 

@@ -363,7 +363,7 @@ def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int | None = None) 
         raise _fail("cannot update link")
 
 
-BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE = 1, 2, 4
+from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BPF_F_REPLACE  # noqa: E402,F401
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int, replace_fd: int | None = None) -> None:

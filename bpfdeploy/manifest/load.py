@@ -180,9 +180,30 @@ def load_schema() -> dict:
     return _schema_cache
 
 
+def _validated_marker(raw: RawManifest) -> Path | None:
+    """A file whose existence says: this exact document passed this exact schema before."""
+    import hashlib
+    import os
+
+    from bpfdeploy.build import cache_dir
+
+    try:
+        digest = hashlib.sha256(SCHEMA_PATH.read_bytes() + b"\0" + raw.path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return cache_dir() / "validated" / digest if os.environ.get("BPFDEPLOY_NO_SCHEMA_CACHE") != "1" else None
+
+
 def schema_diagnostics(raw: RawManifest) -> list[Diagnostic]:
-    """Every JSON Schema violation in the document, each turned into a readable diagnostic."""
-    import jsonschema  # costly (about 50 ms): only loaded when a manifest is validated
+    """Every JSON Schema violation in the document, each turned into a readable diagnostic.
+
+    jsonschema costs about 50 ms to import, most of a no-op plan: a document that passed the same
+    schema before (same bytes, same schema) is not validated again.
+    """
+    marker = _validated_marker(raw)
+    if marker is not None and marker.exists():
+        return []
+    import jsonschema
 
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
@@ -194,6 +215,12 @@ def schema_diagnostics(raw: RawManifest) -> list[Diagnostic]:
             if key not in seen:
                 seen.add(key)
                 out.append(diag)
+    if not out and marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # no cache: validate every time
     return out
 
 
