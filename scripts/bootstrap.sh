@@ -15,7 +15,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the BPF tool chain, iproute2, and Python's venv.
-packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make)
+packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,6 +47,12 @@ fi
 if [ ! -x build/uprobe-target ] || [ bpf/uprobe-demo/target.c -nt build/uprobe-target ]; then
   mkdir -p build
   clang -O1 -g -o build/uprobe-target bpf/uprobe-demo/target.c
+fi
+
+# The Go program the uprobe-go example traces.
+if [ ! -x build/uprobe-go-target ] || [ bpf/uprobe-go/main.go -nt build/uprobe-go-target ]; then
+  mkdir -p build
+  (cd bpf/uprobe-go && GOCACHE="${GOCACHE:-/tmp/bpfdeploy-gocache}" GOFLAGS=-mod=mod go build -o ../../build/uprobe-go-target .)
 fi
 
 # bpffs: not mounted on a fresh machine.

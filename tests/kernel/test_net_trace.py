@@ -294,3 +294,40 @@ def test_uprobe_follows_a_binary_replaced_by_a_new_file(sandbox):
     sandbox.cli("apply", manifest)
     subprocess.run([str(binary), "3"], check=True, capture_output=True)
     assert map_values(root / "maps/calls")[0] == 3
+
+
+def test_uprobe_on_a_go_program_records_its_call_stacks(sandbox):
+    binary = sandbox.tmp / "goprog"
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=REPO / "bpf/uprobe-go", check=True,
+                   env={**__import__("os").environ, "GOCACHE": str(sandbox.tmp / "gocache"), "GOFLAGS": "-mod=mod",
+                        "HOME": str(sandbox.tmp)})
+    manifest, root = _example(sandbox, "uprobe-go.yaml", binary=str(binary))
+    sandbox.cli("apply", manifest)
+    subprocess.run([str(binary), "6"], check=True, capture_output=True)
+    assert map_values(root / "maps/calls")[0] == 6
+    # Each recorded stack, read back through the binary's symbols, starts at main.handleRequest and
+    # goes up to main.main and runtime.main. (At a function's first instruction its own frame is
+    # not set up yet, so a frame-pointer walk skips the direct caller, main.serve.)
+    symbols = []
+    for line in subprocess.run(["nm", "-n", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tT":
+            symbols.append((int(parts[0], 16), parts[2]))
+
+    def name(addr: int) -> str:
+        best = "?"
+        for start, sym in symbols:
+            if start > addr:
+                break
+            best = sym
+        return best
+    hits = map_values(root / "maps/stack_hits")
+    assert sum(hits.values()) == 6
+    dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(root / "maps/stacks")],
+                                     capture_output=True, text=True, check=True).stdout)
+    frames = []
+    for entry in dump:  # a stack-trace map has no BTF: values are raw bytes, 8-byte addresses
+        raw = bytes(int(x, 16) for x in entry["value"])
+        addresses = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+        frames.append([name(a) for a in addresses if a])
+    assert any(f[0] == "main.handleRequest" and "main.main" in f and "runtime.main" in f for f in frames if f), frames

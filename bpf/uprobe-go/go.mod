@@ -1,0 +1,3 @@
+module bpfdeploy.example/uprobe-go
+
+go 1.19
