@@ -82,14 +82,18 @@ def journal_path(name: str, directory: Path | None = None) -> Path:
 
 
 def journal_append(name: str, entry: dict, directory: Path | None = None) -> None:
-    """Note one fact of an apply in progress (fsync'd), so a killed apply is understood later."""
+    """Note one fact of an apply in progress, so a killed apply is understood later.
+
+    Written before the kernel change it announces, and not fsync'd: a killed process's writes
+    survive in the page cache, and a machine crash loses the kernel's BPF state with it (the
+    record and journal are tied to the boot id).
+    """
     path = journal_path(name, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"boot_id": boot_id(), **entry}) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, line.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -158,9 +162,7 @@ def write_record(record: Record, directory: Path | None = None) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with open(tmp, "w") as fh:
         json.dump(record.to_json(), fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    tmp.replace(path)  # atomic; no fsync needed: the state it describes does not outlive a reboot
     journal_path(record.name, directory).unlink(missing_ok=True)  # the record now holds it all
 
 

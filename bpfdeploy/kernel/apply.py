@@ -88,7 +88,6 @@ class _Run:
         self.undo = _Undo()
         self.current = ""
         self.fds: list[int] = []
-        self.objects: list[libbpf.LoadedObject] = []
         self.map_fds: dict[str, int] = {}  # deployment map name -> fd to use
         self.prog_fds: dict[str, int] = {}  # program pin name -> fd of the program to attach
         self.prog_ids: dict[str, int] = {}  # program pin name -> id after apply
@@ -109,14 +108,12 @@ class _Run:
         self.result.mutations += 1
 
     def close(self) -> None:
-        for obj in self.objects:
-            obj.close()
         for fd in self.fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.objects, self.fds = [], []
+        self.fds = []
 
     def _journal(self, entry: dict) -> None:
         journal_append(self.d.name, entry, self.state_dir)
@@ -202,8 +199,10 @@ class _Run:
             user = next((p for p in self.d.programs if any(outer == m.name for _i, outer in p.maps)), None)
             inner = next(i for i, outer in user.maps if outer == m.name)
             loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
-            self.objects.append(loaded)
-            fd = loaded.map_fds[inner]
+            try:
+                fd = self._fd(os.dup(loaded.map_fds[inner]))
+            finally:
+                loaded.close()  # an open object keeps its ELF and BTF in memory: close it at once
             target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
             libbpf.obj_pin(fd, target)
             self._mut()
@@ -254,10 +253,13 @@ class _Run:
                 hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""
                 raise KernelError(f"loading program(s) {names} of object {first.object!r} failed{hint}: "
                                   f"{os.strerror(exc.errno) if exc.errno else exc}", exc.errno, exc.log) from None
-            self.objects.append(loaded)
+            try:
+                fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
+            finally:
+                loaded.close()  # the programs live on through the fds and pins
             for a in group:
                 p: DesiredProgram = a.desired
-                fd = loaded.program_fds[p.function]
+                fd = fds[p.function]
                 target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
                 libbpf.obj_pin(fd, target)
                 self._mut()
