@@ -21,3 +21,6 @@ record-fixtures:
 
 reliability:
 	.venv/bin/python bench/reliability.py
+
+bench:
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
