@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `bpfdeploy plan … | head` ends quietly
     args = _parser().parse_args(argv)
     if args.state_dir:
         os.environ["BPFDEPLOY_STATE_DIR"] = str(args.state_dir)
@@ -117,7 +120,7 @@ def _report_error(exc: BpfdeployError, args) -> int:
         human.crash(exc.message)
     detail = getattr(exc, "detail", "") or getattr(exc, "log", "")
     if detail:
-        human.err.print(detail, highlight=False, markup=False)
+        human.err.print(detail, markup=False)
     if isinstance(exc, ApplyError):
         if exc.rollback:
             human.err.print("[red]rollback was incomplete:[/]")
@@ -374,8 +377,8 @@ def cmd_status(args) -> int:
         from rich.live import Live
 
         from bpfdeploy.render import status as view
-        from bpfdeploy.render.human import out
 
+        out = view.out
         with Live(view.status_table(_status_of(prepared, args.manifest, args.stats)), console=out,
                   refresh_per_second=4) as live_view:
             try:
@@ -391,9 +394,8 @@ def cmd_status(args) -> int:
         print(json.dumps(status.to_json(), indent=2))
     else:
         from bpfdeploy.render import status as view
-        from bpfdeploy.render.human import out
 
-        out.print(view.status_table(status))
+        view.out.print(view.status_table(status))
     return ExitCode.OK
 
 

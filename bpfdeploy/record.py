@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 RECORD_FORMAT = 1
@@ -24,6 +25,7 @@ def state_dir() -> Path:
     return Path(os.environ.get("BPFDEPLOY_STATE_DIR", "/var/lib/bpfdeploy"))
 
 
+@lru_cache(maxsize=1)
 def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -81,21 +83,24 @@ def journal_path(name: str, directory: Path | None = None) -> Path:
     return (directory or state_dir()) / f"{name}.journal"
 
 
-def journal_append(name: str, entry: dict, directory: Path | None = None) -> None:
-    """Note one fact of an apply in progress, so a killed apply is understood later.
+class Journal:
+    """The journal of one apply, kept open while it runs (one write per fact)."""
 
-    Written before the kernel change it announces, and not fsync'd: a killed process's writes
-    survive in the page cache, and a machine crash loses the kernel's BPF state with it (the
-    record and journal are tied to the boot id).
-    """
-    path = journal_path(name, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"boot_id": boot_id(), **entry}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    def __init__(self, name: str, directory: Path | None = None):
+        self.name, self.directory = name, directory
+        self.fd: int | None = None
+
+    def append(self, entry: dict) -> None:
+        if self.fd is None:
+            path = journal_path(self.name, self.directory)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(self.fd, (json.dumps({"boot_id": boot_id(), **entry}) + "\n").encode())
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _with_journal(record: Record, directory: Path | None) -> Record:

@@ -23,8 +23,8 @@ from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
 from bpfdeploy.hooks import TC_EGRESS, TC_INGRESS
-from bpfdeploy.record import (LegacyAttachment, Record, boot_id, journal_append, journal_path, remove_record,
-                              vars_of, write_record)
+from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
+                              write_record)
 
 
 @dataclass
@@ -98,6 +98,10 @@ class _Run:
         self.created_qdiscs: set[str] = set(live.record.created_qdiscs if live.record else ())
         self.digests: dict[str, str] = {}
         self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
+        self.journal = Journal(desired.name, state_dir)
+        # Test hooks (fail at a step, or pause there so a test can kill the process), read once.
+        self.fail_at = os.environ.get("BPFDEPLOY_FAIL_AT")
+        self.pause_at = os.environ.get("BPFDEPLOY_PAUSE_AT")
 
     # -- bookkeeping
     def _fd(self, fd: int) -> int:
@@ -108,6 +112,7 @@ class _Run:
         self.result.mutations += 1
 
     def close(self) -> None:
+        self.journal.close()
         for fd in self.fds:
             try:
                 os.close(fd)
@@ -116,16 +121,16 @@ class _Run:
         self.fds = []
 
     def _journal(self, entry: dict) -> None:
-        journal_append(self.d.name, entry, self.state_dir)
+        self.journal.append(entry)
 
     def _step(self, action: Action) -> None:
         self.current = f"{action.kind.value} {action.address}"
         if self.on_step:
             self.on_step(action)
         # Test hooks: fail at a step, or stop before it so that a test can kill the process there.
-        if os.environ.get("BPFDEPLOY_FAIL_AT") == action.address:
+        if self.fail_at == action.address:
             raise KernelError(f"injected failure (BPFDEPLOY_FAIL_AT={action.address})")
-        if os.environ.get("BPFDEPLOY_PAUSE_AT") == action.address:
+        if self.pause_at == action.address:
             Path(os.environ.get("BPFDEPLOY_PAUSE_FILE", "/dev/null")).touch()
             import time
 

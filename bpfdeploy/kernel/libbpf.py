@@ -213,16 +213,34 @@ class LoadedObject:
         lib().lib.bpf_object__close(self.handle)
 
 
+class _LoadFailed(KernelError):
+    """bpf_object__load itself failed (the verifier, a map, the kernel): worth a retry with a log."""
+
+
+_log_buffer = None  # one 4 MiB verifier log buffer, made only when a load fails
+
+
 def load_object(path: str, pin_root: str, programs: dict[str, tuple[int | None, int | None]],
                 reuse_maps: dict[str, int]) -> LoadedObject:
     """Load the named programs of an object (others are not loaded).
 
     programs: function name -> (program type, expected attach type) to force; None keeps what SEC() says.
     reuse_maps: map name in the object -> fd of an existing (pinned) map to use instead of a new one.
-    Raises KernelError with the verifier log's tail on failure.
+    Raises KernelError with the verifier log's tail on failure. The first attempt asks for no log
+    (a log buffer per object cost 4 MiB and a copy each); a failed load is repeated once with one.
     """
+    global _log_buffer
+    try:
+        return _load_once(path, pin_root, programs, reuse_maps, None)
+    except _LoadFailed:
+        if _log_buffer is None:
+            _log_buffer = ctypes.create_string_buffer(4 << 20)
+        ctypes.memset(_log_buffer, 0, 1)
+        return _load_once(path, pin_root, programs, reuse_maps, _log_buffer)
+
+
+def _load_once(path: str, pin_root: str, programs: dict, reuse_maps: dict, log_buf) -> LoadedObject:
     L = lib().lib
-    log_buf = ctypes.create_string_buffer(4 << 20)
     obj = _open(path, pin_root=pin_root, log_buf=log_buf)
     try:
         found = set()
@@ -248,7 +266,11 @@ def load_object(path: str, pin_root: str, programs: dict[str, tuple[int | None, 
                 raise _fail(f"cannot reuse the pinned map for {name}")
         if L.bpf_object__load(obj):
             err = _errno()
-            raise _fail(f"loading {os.path.basename(path)} failed", err, _log_tail(log_buf.value))
+            failure = _fail(f"loading {os.path.basename(path)} failed", err,
+                            _log_tail(log_buf.value) if log_buf is not None else "")
+            if log_buf is None:
+                raise _LoadFailed(str(failure), failure.errno, failure.log)
+            raise failure
         prog_fds = {L.bpf_program__name(p).decode(): L.bpf_program__fd(p)
                     for p in _iter(L.bpf_object__next_program, obj) if L.bpf_program__name(p).decode() in programs}
         map_fds = {L.bpf_map__name(m).decode(): L.bpf_map__fd(m) for m in _iter(L.bpf_object__next_map, obj)}

@@ -224,7 +224,11 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         argvs = [["bpftool", "-j", "-f", kind, "show"] for kind in ("prog", "map", "link")]
         procs = [runner.start(a) for a in argvs]
         results = [runner.finish(a, p) for a, p in zip(argvs, procs)]
-        for r in results:
+        for i, r in enumerate(results):
+            if r.returncode != 0:
+                # bpftool fails when an object it listed is freed before it reads it (another
+                # process at work, EAGAIN/ENOENT): read again before giving up.
+                results[i] = r = runner.run(list(r.argv))
             if r.returncode != 0:
                 raise HostError(f"{' '.join(r.argv)} failed: {r.error_text()}")
         all_programs = parse_programs(results[0].stdout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from functools import lru_cache
 import re
 from pathlib import Path
 
@@ -122,6 +123,11 @@ def _is(check, path: Path) -> bool:
         return check(path)
     except (OSError, ValueError):
         return False
+
+
+@lru_cache(maxsize=8)
+def _real(path: Path) -> Path:
+    return path.resolve()
 
 
 def _items(value) -> list:
@@ -366,7 +372,7 @@ def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, mus
         return None
     if _is(Path.exists, path):
         real = path.resolve()
-        if real != root and root.resolve() not in real.parents:
+        if real != root and _real(root) not in real.parents:
             problems.append(raw.diag(where, f"cgroup path {text!r} leads outside the cgroup v2 mount (symlink)"))
     elif not create and must_exist:
         problems.append(raw.diag(where, f"cgroup {path} does not exist",

@@ -8,7 +8,9 @@ import time
 from rich.markup import escape
 from rich.table import Table
 
-from bpfdeploy.render.human import out
+from bpfdeploy.render.human import rich_console
+
+out = rich_console()
 
 COLOR = {"in sync": "green", "missing": "red", "drifted": "yellow", "unknown": "dim"}
 
