@@ -25,7 +25,23 @@ class Prepared:
 
 
 def prepare(path: Path, on_build: Callable[[str, str], None] | None = None, destroy: bool = False) -> Prepared:
-    """Load, build and resolve a manifest. Raises ManifestError/BuildError with every problem."""
+    """Load, build and resolve a manifest. Raises ManifestError/BuildError with every problem.
+
+    A manifest prepared before, whose files have not changed since, comes from the cache.
+    """
+    if not destroy:
+        from bpfdeploy import prepared_cache
+
+        cached = prepared_cache.load(path, cache_dir())
+        if cached is not None:
+            return cached
+        prepared = _prepare(path, on_build)
+        prepared_cache.store(path, cache_dir(), prepared)
+        return prepared
+    return _prepare(path, on_build, destroy=True)
+
+
+def _prepare(path: Path, on_build: Callable[[str, str], None] | None = None, destroy: bool = False) -> Prepared:
     manifest, warnings = load_manifest(path, files_must_exist=not destroy)
     if destroy:
         # Destroy needs the deployment's name and pin root only: nothing is built.

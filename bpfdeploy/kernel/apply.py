@@ -301,9 +301,12 @@ class _Run:
             info = libbpf.link_info(link_fd)
             old_prog = self._fd(libbpf.prog_fd_by_id(info.prog_id))  # keeps the old program alive for undo
             ifindex = info.u0
+            # Detach now: the kernel may free an unpinned link a moment later, and the device must be free.
+            libbpf.link_detach(link_fd)
+            self._mut()
         finally:
             os.close(link_fd)
-        os.unlink(old_pin)  # the last reference: the link detaches now
+        os.unlink(old_pin)
         self._mut()
         recorded = (self.live.record.link_targets.get(Path(old_pin).name, "") if self.live.record else "")
         mode = recorded.rpartition(" mode ")[2] if " mode " in recorded else ""
@@ -513,6 +516,8 @@ class _Run:
                         else:
                             raise
                 else:
+                    if a.resource is Resource.ATTACHMENT:
+                        _detach_now(a.live_pin)
                     try:
                         os.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
                     except FileNotFoundError:
@@ -606,6 +611,22 @@ class _Run:
                         created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file,
                         link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)))
         write_record(record, self.state_dir)
+
+
+def _detach_now(link_pin: str) -> None:
+    """Detach a pinned link before its pin goes, so the hook is free when destroy returns (the kernel
+    may free an unpinned link a moment later). perf_event and raw_tp links cannot be detached this
+    way; removing their pin is enough."""
+    try:
+        fd = libbpf.obj_get(link_pin)
+    except KernelError:
+        return
+    try:
+        libbpf.link_detach(fd)
+    except KernelError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:

@@ -67,6 +67,7 @@ _SIGNATURES = {
     "bpf_prog_get_fd_by_id": (c_int, [c_u32]),
     "bpf_link_create": (c_int, [c_int, c_int, c_int, vp]),
     "bpf_link_update": (c_int, [c_int, c_int, vp]),
+    "bpf_link_detach": (c_int, [c_int]),
     "bpf_prog_attach_opts": (c_int, [c_int, c_int, c_int, vp]),
     "bpf_prog_detach2": (c_int, [c_int, c_int, c_int]),
     "bpf_prog_query": (c_int, [c_int, c_int, c_u32, ctypes.POINTER(c_u32), ctypes.POINTER(c_u32), ctypes.POINTER(c_u32)]),
@@ -386,6 +387,12 @@ def link_update(link_fd: int, new_prog_fd: int, old_prog_fd: int | None = None) 
 
 
 from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BPF_F_REPLACE  # noqa: E402,F401
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach a link now (it stays as a defunct object until its last reference goes)."""
+    if lib().lib.bpf_link_detach(link_fd):
+        raise _fail("cannot detach link")
 
 
 def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int, replace_fd: int | None = None) -> None:

@@ -30,17 +30,21 @@ class RawManifest:
     warnings: tuple[Diagnostic, ...] = ()
 
     def line_of(self, path: tuple) -> int | None:
-        """Line of the node at path, or of its nearest ancestor that has one."""
-        while True:
-            if path in self.lines:
-                return self.lines[path]
-            if not path:
-                return None
-            path = path[:-1]
+        return line_of(self.lines, path)
 
     def diag(self, path: tuple, message: str, hint: str = "", severity: str = "error") -> Diagnostic:
         return Diagnostic(message=message, file=str(self.path), path=format_path(path),
                           line=self.line_of(path), hint=hint, severity=severity)
+
+
+def line_of(lines: dict, path: tuple) -> int | None:
+    """Line of the node at path, or of its nearest ancestor that has one."""
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
 
 
 def format_path(path: tuple) -> str:

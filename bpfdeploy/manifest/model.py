@@ -168,9 +168,6 @@ class Manifest:
         return None
 
     def line_of(self, path: tuple) -> int | None:
-        while True:
-            if path in self.lines:
-                return self.lines[path]
-            if not path:
-                return None
-            path = path[:-1]
+        from bpfdeploy.manifest.load import line_of
+
+        return line_of(self.lines, path)

@@ -150,10 +150,8 @@ def test_upgrade_keeps_map_contents_and_runs_the_new_code(sandbox):
     assert not list(root.rglob("*__bpfdeploy_new"))
 
 
-def test_foreign_program_on_our_hook_is_reported_and_left_alone(sandbox):
-    cgroup = sandbox.cgroup("shared")
-    manifest = _counter_manifest(sandbox, key=0, cgroup=cgroup)
-    # Someone else's program, attached with bpftool outside any deployment.
+def _attach_foreign(sandbox, cgroup: Path, *flags: str) -> Path:
+    """Someone else's program, loaded and attached with bpftool outside any deployment."""
     obj = sandbox.tmp / "foreign.o"
     src = sandbox.tmp / "foreign.bpf.c"
     src.write_text(COUNTER_SRC.replace("KEY", "2"))
@@ -163,8 +161,15 @@ def test_foreign_program_on_our_hook_is_reported_and_left_alone(sandbox):
     sandbox.pin_roots.append(foreign_dir)
     foreign_dir.mkdir(parents=True)
     subprocess.run(["bpftool", "prog", "load", str(obj), str(foreign_dir / "p")], check=True)
-    subprocess.run(["bpftool", "cgroup", "attach", str(cgroup), "ingress", "pinned", str(foreign_dir / "p"), "multi"],
+    subprocess.run(["bpftool", "cgroup", "attach", str(cgroup), "ingress", "pinned", str(foreign_dir / "p"), *flags],
                    check=True)
+    return foreign_dir / "p"
+
+
+def test_foreign_program_on_our_hook_is_reported_and_left_alone(sandbox):
+    cgroup = sandbox.cgroup("shared")
+    manifest = _counter_manifest(sandbox, key=0, cgroup=cgroup)
+    foreign = _attach_foreign(sandbox, cgroup, "multi")
     try:
         plan = sandbox.cli_json("plan", manifest)
         assert any("not owned" in c for c in plan["conflicts"]), plan["conflicts"]
@@ -174,30 +179,21 @@ def test_foreign_program_on_our_hook_is_reported_and_left_alone(sandbox):
                                           text=True).stdout or "[]")
         assert len(shown) == 1  # the foreign program is still attached
     finally:
-        subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), "ingress", "pinned", str(foreign_dir / "p")],
+        subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), "ingress", "pinned", str(foreign)],
                        capture_output=True)
 
 
 def test_exclusive_mode_refuses_a_hook_that_someone_else_holds(sandbox):
     cgroup = sandbox.cgroup("held")
     manifest = _counter_manifest(sandbox, key=0, mode="exclusive", cgroup=cgroup)
-    obj = sandbox.tmp / "foreign.o"
-    src = sandbox.tmp / "foreign.bpf.c"
-    src.write_text(COUNTER_SRC.replace("KEY", "2"))
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(src),
-                    "-o", str(obj)], check=True)
-    foreign_dir = Path(f"/sys/fs/bpf/bpfdeploy-test/{sandbox.id}-foreign")
-    sandbox.pin_roots.append(foreign_dir)
-    foreign_dir.mkdir(parents=True)
-    subprocess.run(["bpftool", "prog", "load", str(obj), str(foreign_dir / "p")], check=True)
-    subprocess.run(["bpftool", "cgroup", "attach", str(cgroup), "ingress", "pinned", str(foreign_dir / "p")], check=True)
+    foreign = _attach_foreign(sandbox, cgroup)
     try:
         proc = sandbox.cli("apply", manifest, check=False)
         assert proc.returncode == 1
         assert "conflict" in proc.stdout + proc.stderr
         assert not Path(f"/sys/fs/bpf/bpfdeploy-test/{sandbox.id}-counter").exists()  # nothing loaded
     finally:
-        subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), "ingress", "pinned", str(foreign_dir / "p")],
+        subprocess.run(["bpftool", "cgroup", "detach", str(cgroup), "ingress", "pinned", str(foreign)],
                        capture_output=True)
 
 

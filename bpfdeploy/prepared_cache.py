@@ -1,0 +1,84 @@
+"""A cache of prepared manifests: the no-op plan's shortcut past YAML, checks, digests and objects.
+
+Preparing a manifest (parse, schema and semantic checks, source digests, object inspection,
+resolution) is pure given its inputs, so its result is kept, pickled, under a key made of the
+manifest's bytes, and is used again only while every file it was made from is unchanged:
+the manifest, the schema, every source, header, object file and include directory (by size,
+mtime and inode), the clang binary, the kernel's BTF, and bpfdeploy's own code. Anything else
+(cgroups, devices, pins) is read live by every plan anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+FORMAT = b"bpfdeploy-prepared-1"
+_CODE_DIR = Path(__file__).resolve().parent
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _code_stamps() -> list[tuple]:
+    return [_stamp(str(p)) for p in sorted(_CODE_DIR.rglob("*.py"))]
+
+
+def _key(manifest: Path, cache: Path) -> Path:
+    digest = hashlib.sha256(FORMAT + b"\0" + str(manifest.resolve()).encode() + b"\0" + manifest.read_bytes())
+    return cache / "prepared" / f"{digest.hexdigest()}.pickle"
+
+
+def _inputs(prepared) -> list[str]:
+    from bpfdeploy.build import VMLINUX_BTF, _headers
+    from bpfdeploy.manifest.load import SCHEMA_PATH
+
+    files = [str(SCHEMA_PATH)]
+    for obj in prepared.manifest.objects:
+        if obj.file is not None:
+            files.append(str(obj.file))
+            continue
+        files.append(str(obj.source))
+        files += [str(h) for h in _headers(obj.source, obj.include_dirs)]
+        files += [str(d) for d in obj.include_dirs]
+        if obj.vmlinux_h:
+            files.append(str(VMLINUX_BTF))
+    files += [str(b.path) for b in prepared.built.values()]
+    import shutil
+
+    clang = shutil.which("clang")
+    if clang:
+        files.append(os.path.realpath(clang))
+    return files
+
+
+def load(manifest: Path, cache: Path):
+    """The prepared manifest if nothing it was made from has changed, else None."""
+    try:
+        with open(_key(manifest, cache), "rb") as fh:
+            inputs, code, prepared = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
+        return None
+    if code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs):
+        return None
+    return prepared
+
+
+def store(manifest: Path, cache: Path, prepared) -> None:
+    try:
+        path = _key(manifest, cache)
+        inputs = [_stamp(f) for f in _inputs(prepared)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            pickle.dump((inputs, _code_stamps(), prepared), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path)
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        pass  # no cache: prepare in full next time
