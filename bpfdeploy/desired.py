@@ -23,7 +23,7 @@ from bpfdeploy import hooks
 from bpfdeploy.build import BuiltObject
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import AttachType, HookKind
-from bpfdeploy.manifest.load import format_path
+from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Manifest
 
 # Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.

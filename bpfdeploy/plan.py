@@ -17,7 +17,7 @@ from bpfdeploy.desired import DesiredAttachment, DesiredMap, DesiredProgram, Des
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel.live import LiveState, hook_key
-from bpfdeploy.manifest.load import format_path
+from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
 
 PLAN_FORMAT = 1

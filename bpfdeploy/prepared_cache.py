@@ -38,7 +38,7 @@ def _key(manifest: Path, cache: Path) -> Path:
 
 def _inputs(prepared) -> list[str]:
     from bpfdeploy.build import VMLINUX_BTF, _headers
-    from bpfdeploy.manifest.load import SCHEMA_PATH
+    from bpfdeploy.manifest.paths import SCHEMA_PATH
 
     files = [str(SCHEMA_PATH)]
     for obj in prepared.manifest.objects:

@@ -151,7 +151,7 @@ SHADOW = "shadow"  # an error that stands only if the schema found nothing at or
 
 
 def _fmt(path: tuple) -> str:
-    from bpfdeploy.manifest.load import format_path
+    from bpfdeploy.manifest.paths import format_path
 
     return format_path(path)
 

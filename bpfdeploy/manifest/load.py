@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from bpfdeploy.diagnostics import Diagnostic, ManifestError
+from bpfdeploy.manifest.paths import format_path, line_of  # noqa: F401  (re-exported)
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
+from bpfdeploy.manifest.paths import SCHEMA_PATH  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,26 +36,6 @@ class RawManifest:
     def diag(self, path: tuple, message: str, hint: str = "", severity: str = "error") -> Diagnostic:
         return Diagnostic(message=message, file=str(self.path), path=format_path(path),
                           line=self.line_of(path), hint=hint, severity=severity)
-
-
-def line_of(lines: dict, path: tuple) -> int | None:
-    """Line of the node at path, or of its nearest ancestor that has one."""
-    while True:
-        if path in lines:
-            return lines[path]
-        if not path:
-            return None
-        path = path[:-1]
-
-
-def format_path(path: tuple) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):

@@ -168,6 +168,6 @@ class Manifest:
         return None
 
     def line_of(self, path: tuple) -> int | None:
-        from bpfdeploy.manifest.load import line_of
+        from bpfdeploy.manifest.paths import line_of
 
         return line_of(self.lines, path)
