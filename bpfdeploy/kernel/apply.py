@@ -23,6 +23,7 @@ from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
 from bpfdeploy.hooks import TC_EGRESS, TC_INGRESS
+from bpfdeploy.manifest.model import DEFAULT_PIN_BASE
 from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
                               write_record)
 
@@ -596,6 +597,11 @@ class _Run:
                 self._mut()
             except OSError:
                 self.result.warnings.append(f"pin root {root} is not empty; it was kept")
+        if not keep and str(root.parent) == DEFAULT_PIN_BASE:
+            try:
+                os.rmdir(root.parent)  # bpfdeploy's own directory, when no deployment is left in it
+            except OSError:
+                pass
 
     def write_record(self, destroy: bool, manifest_file: str) -> None:
         if destroy:
