@@ -77,6 +77,7 @@ class DesiredProgram:
     digest: str  # sha256 hex of the object digest, function, type: a change means replace
     object_path: Path
     maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
+    globals: tuple[tuple[str, bytes], ...] = ()  # global variables' values, written before load
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,9 @@ class DesiredState:
         return next((m for m in self.maps if m.name == name), None)
 
 
+OBJECT_INFO_FORMAT = 2
+
+
 def object_info(built: BuiltObject, cache: Path | None):
     """Programs and maps of a built object; cached beside it by digest (opening ELF costs time)."""
     from bpfdeploy.kernel import libbpf  # ctypes and libbpf.so only when an object is opened
@@ -131,8 +135,10 @@ def object_info(built: BuiltObject, cache: Path | None):
     if cached is not None and cached.exists():
         try:
             data = json.loads(cached.read_text())
-            return libbpf.ObjectInfo(tuple(libbpf.ObjectProgram(**p) for p in data["programs"]),
-                                     tuple(libbpf.ObjectMap(**m) for m in data["maps"]))
+            if data.get("format") == OBJECT_INFO_FORMAT:
+                return libbpf.ObjectInfo(tuple(libbpf.ObjectProgram(**p) for p in data["programs"]),
+                                         tuple(libbpf.ObjectMap(**m) for m in data["maps"]),
+                                         tuple(libbpf.ObjectGlobal(**g) for g in data["globals"]))
         except (ValueError, KeyError, TypeError):
             pass
     info = libbpf.inspect_object(str(built.path))
@@ -140,8 +146,9 @@ def object_info(built: BuiltObject, cache: Path | None):
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"programs": [asdict(p) for p in info.programs],
-                                       "maps": [asdict(m) for m in info.maps]}))
+            tmp.write_text(json.dumps({"format": OBJECT_INFO_FORMAT, "programs": [asdict(p) for p in info.programs],
+                                       "maps": [asdict(m) for m in info.maps],
+                                       "globals": [asdict(g) for g in info.globals]}))
             tmp.replace(cached)
         except OSError:
             pass
@@ -187,6 +194,18 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             if not specs:
                 diag(obj.where, f"object {obj.name!r} contains no BPF program")
         built_obj = built[obj.name]
+        sizes = {g.name: g.size for g in getattr(info, "globals", ())}
+        global_values = []
+        for gname, value in obj.globals:
+            where = obj.where + ("globals", gname)
+            if gname not in sizes:
+                diag(where, f"object {obj.name!r} has no global variable {gname!r}", _choices(gname, sizes))
+                continue
+            data = _encode_global(value, sizes[gname], where, diag)
+            if data is not None:
+                global_values.append((gname, data))
+        global_values = tuple(global_values)
+        globals_digest = "".join(f"{k}={v.hex()};" for k, v in global_values)
         for spec in specs:
             found = by_name.get(spec.function)
             if found is None:
@@ -208,11 +227,13 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                     continue
                 if wanted and found.expected_attach_type not in wanted:
                     expected = wanted.pop()
-            digest = hashlib.sha256("\0".join([built_obj.digest, spec.function, prog_type, str(expected)]).encode()).hexdigest()
+            digest = hashlib.sha256("\0".join([built_obj.digest, spec.function, prog_type, str(expected),
+                                               globals_digest]).encode()).hexdigest()
             programs.append(DesiredProgram(
                 pin_name=spec.pin, pin=root / "progs" / spec.pin, object=obj.name, function=spec.function,
                 prog_type=prog_type, type_override=hooks.PROG_TYPES[spec.type_override] if spec.type_override else None,
-                expected_attach_type=expected, digest=digest, object_path=built_obj.path, maps=bindings))
+                expected_attach_type=expected, digest=digest, object_path=built_obj.path, maps=bindings,
+                globals=global_values))
             for _inner, outer in bindings:
                 map_users.setdefault(outer, []).append(spec.pin)
     seen_pins: set[str] = set()
@@ -318,6 +339,20 @@ def _choices(name: str, options) -> str:
     if guess:
         return f"did you mean {guess[0]!r}?"
     return f"available: {', '.join(options[:12])}"
+
+
+def _encode_global(value, size: int, where: tuple, diag) -> bytes | None:
+    """A global's value: like a map entry, plus booleans and plain strings for char arrays."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, str) and not (value.startswith("0x") and len(value) % 2 == 0
+                                       and all(c in "0123456789abcdefABCDEF" for c in value[2:])):
+        data = value.encode()
+        if len(data) >= size:
+            diag(where, f"the string is {len(data)} bytes; the variable holds {size} (with its NUL)")
+            return None
+        return data.ljust(size, b"\0")
+    return _encode(value, size, where, diag)
 
 
 def _encode(value, size: int, where: tuple, diag) -> bytes | None:

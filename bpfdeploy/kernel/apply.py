@@ -253,7 +253,7 @@ class _Run:
             try:
                 loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
                                             {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
-                                             for a in group}, reuse)
+                                             for a in group}, reuse, dict(first.globals))
             except KernelError as exc:
                 names = ", ".join(a.desired.function for a in group)
                 hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""

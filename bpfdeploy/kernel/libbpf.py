@@ -77,6 +77,11 @@ _SIGNATURES = {
     "bpf_map_get_next_key": (c_int, [c_int, vp, vp]),
     "bpf_map_create": (c_int, [c_int, cp, c_u32, c_u32, c_u32, vp]),
     "libbpf_set_print": (vp, [vp]),
+    "bpf_object__btf": (vp, [vp]),
+    "btf__find_by_name_kind": (ctypes.c_int32, [vp, cp, c_u32]),
+    "btf__type_by_id": (vp, [vp, c_u32]),
+    "btf__name_by_offset": (cp, [vp, c_u32]),
+    "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(ctypes.c_size_t)]),
 }
 
 
@@ -153,9 +158,20 @@ class ObjectMap:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectGlobal:
+    """A global variable of the object (from BTF), settable before load."""
+
+    name: str
+    section: str  # .rodata, .data or .bss
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     programs: tuple[ObjectProgram, ...]
     maps: tuple[ObjectMap, ...]
+    globals: tuple[ObjectGlobal, ...] = ()
 
 
 def _iter(next_fn, obj):
@@ -197,9 +213,57 @@ def inspect_object(path: str) -> ObjectInfo:
                       bool(L.bpf_map__is_internal(m)))
             for m in _iter(L.bpf_object__next_map, obj)
         )
+        globals_ = tuple(_globals(obj))
     finally:
         L.bpf_object__close(obj)
-    return ObjectInfo(programs, maps)
+    return ObjectInfo(programs, maps, globals_)
+
+
+_GLOBAL_SECTIONS = (".rodata", ".data", ".bss")
+BTF_KIND_DATASEC = 15
+
+
+def _globals(obj) -> list[ObjectGlobal]:
+    """Variables of the .rodata/.data/.bss sections, with their offsets (BTF DATASEC records)."""
+    L = lib().lib
+    btf = L.bpf_object__btf(obj)
+    out: list[ObjectGlobal] = []
+    if not btf:
+        return out
+    for section in _GLOBAL_SECTIONS:
+        sec_id = L.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
+        if sec_id <= 0:
+            continue
+        header = ctypes.cast(L.btf__type_by_id(btf, sec_id), ctypes.POINTER(c_u32 * 3)).contents
+        vlen = header[1] & 0xFFFF
+        infos = ctypes.cast(L.btf__type_by_id(btf, sec_id) + 12, ctypes.POINTER(c_u32 * (3 * vlen))).contents
+        for i in range(vlen):
+            type_id, offset, size = infos[3 * i], infos[3 * i + 1], infos[3 * i + 2]
+            var = ctypes.cast(L.btf__type_by_id(btf, type_id), ctypes.POINTER(c_u32 * 3)).contents
+            name = (L.btf__name_by_offset(btf, var[0]) or b"").decode()
+            if name:
+                out.append(ObjectGlobal(name, section, offset, size))
+    return out
+
+
+def _set_globals(obj, values: dict[str, bytes]) -> None:
+    """Write global variables' initial values before load (as a libbpf skeleton does)."""
+    L = lib().lib
+    where = {g.name: g for g in _globals(obj)}
+    for name, value in values.items():
+        g = where.get(name)
+        if g is None:
+            raise KernelError(f"the object has no global variable {name!r}")
+        for m in _iter(L.bpf_object__next_map, obj):
+            if L.bpf_map__is_internal(m) and L.bpf_map__name(m).decode().endswith(g.section):
+                size = ctypes.c_size_t(0)
+                data = L.bpf_map__initial_value(m, ctypes.byref(size))
+                if not data or g.offset + len(value) > size.value:
+                    raise KernelError(f"cannot set global variable {name!r}")
+                ctypes.memmove(data + g.offset, value, len(value))
+                break
+        else:
+            raise KernelError(f"no {g.section} map for global variable {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +286,7 @@ _log_buffer = None  # one 4 MiB verifier log buffer, made only when a load fails
 
 
 def load_object(path: str, pin_root: str, programs: dict[str, tuple[int | None, int | None]],
-                reuse_maps: dict[str, int]) -> LoadedObject:
+                reuse_maps: dict[str, int], global_values: dict[str, bytes] | None = None) -> LoadedObject:
     """Load the named programs of an object (others are not loaded).
 
     programs: function name -> (program type, expected attach type) to force; None keeps what SEC() says.
@@ -232,18 +296,21 @@ def load_object(path: str, pin_root: str, programs: dict[str, tuple[int | None, 
     """
     global _log_buffer
     try:
-        return _load_once(path, pin_root, programs, reuse_maps, None)
+        return _load_once(path, pin_root, programs, reuse_maps, None, global_values)
     except _LoadFailed:
         if _log_buffer is None:
             _log_buffer = ctypes.create_string_buffer(4 << 20)
         ctypes.memset(_log_buffer, 0, 1)
-        return _load_once(path, pin_root, programs, reuse_maps, _log_buffer)
+        return _load_once(path, pin_root, programs, reuse_maps, _log_buffer, global_values)
 
 
-def _load_once(path: str, pin_root: str, programs: dict, reuse_maps: dict, log_buf) -> LoadedObject:
+def _load_once(path: str, pin_root: str, programs: dict, reuse_maps: dict, log_buf,
+               global_values: dict[str, bytes] | None) -> LoadedObject:
     L = lib().lib
     obj = _open(path, pin_root=pin_root, log_buf=log_buf)
     try:
+        if global_values:
+            _set_globals(obj, global_values)
         found = set()
         for p in _iter(L.bpf_object__next_program, obj):
             name = L.bpf_program__name(p).decode()

@@ -222,7 +222,8 @@ def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list,
     renames = tuple((k, v) for k, v in (data.get("maps") or {}).items())
     return ObjectSpec(name=name, source=source, file=file, cflags=tuple(data.get("cflags") or ()),
                       include_dirs=tuple(include_dirs), defines=defines, vmlinux_h=bool(data.get("vmlinux_h")),
-                      programs=programs, map_renames=renames, where=where)
+                      programs=programs, map_renames=renames, where=where,
+                      globals=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (data.get("globals") or {}).items()))
 
 
 def _define_text(value) -> str:

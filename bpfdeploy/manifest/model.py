@@ -56,6 +56,7 @@ class ObjectSpec:
     programs: tuple[ProgramSpec, ...] | None  # None: every program in the object, pinned by function name
     map_renames: tuple[tuple[str, str], ...]  # (name in the object, deployment map name)
     where: tuple
+    globals: tuple[tuple[str, object], ...] = ()  # (variable, value as written), set before load
 
     def deployment_map_name(self, object_map: str) -> str:
         for inner, outer in self.map_renames:

@@ -137,3 +137,54 @@ def test_incompatible_map_change_is_refused_unless_recreate_is_asked(sandbox):
     sandbox.run_in(ECHO.format(n=1), cgroup=cgroup, netns=sandbox.netns())
     assert map_values(root / "maps/counts")[0] > 0  # the new program uses the new map
     assert sandbox.cli_json("plan", manifest)["changes"] is False
+
+
+GLOBALS_SRC = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+const volatile __u32 blocked_port = 0;  /* set by the loader, as real-world tools do */
+const volatile char label[8] = "none";
+SEC("cgroup/connect4")
+int gate(struct bpf_sock_addr *ctx)
+{
+    return ctx->user_port == bpf_htons((__u16)blocked_port) ? 0 : 1;
+}
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_globals_are_set_before_load_and_a_change_replaces_the_program(sandbox):
+    import json as _json
+
+    from tests.kernel.traffic import CONNECT
+
+    src = sandbox.tmp / "gate.bpf.c"
+    src.write_text(GLOBALS_SRC)
+
+    def deploy(port: int, extra: str = ""):
+        return _deployment(sandbox, f"""          gate:
+            source: {src}
+            globals:
+              blocked_port: {port}
+              label: web{extra}""", "gate", "connect4")
+    manifest, root, cgroup = deploy(4444)
+    sandbox.cli("apply", manifest)
+    netns = sandbox.netns()
+    got = _json.loads(sandbox.run_in(CONNECT.format(listen=[4444, 5555], ports=[4444, 5555]), cgroup=cgroup,
+                                     netns=netns).stdout)
+    assert got["4444"] == ["EPERM", 0] and got["5555"] == ["connected", 5555]
+    assert sandbox.cli_json("plan", manifest)["changes"] is False
+
+    deploy(5555)
+    plan = {a["address"]: a["action"] for a in sandbox.cli_json("plan", manifest)["actions"]}
+    assert plan["prog/gate"] == "replace"
+    sandbox.cli("apply", manifest)
+    got = _json.loads(sandbox.run_in(CONNECT.format(listen=[4444, 5555], ports=[4444, 5555]), cgroup=cgroup,
+                                     netns=netns).stdout)
+    assert got["4444"] == ["connected", 4444] and got["5555"] == ["EPERM", 0]
+
+    deploy(5555, extra="\n              blocked_prot: 1")
+    proc = sandbox.cli("validate", manifest, check=False)
+    assert proc.returncode == 1 and "no global variable 'blocked_prot'" in proc.stderr
+    assert "did you mean 'blocked_port'" in proc.stderr
