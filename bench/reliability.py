@@ -55,41 +55,12 @@ sys.path.insert(0, str(REPO))
 
 PIN_BASE = Path("/sys/fs/bpf/bpfdeploy-bench")
 FOREIGN_TEST_BASE = Path("/sys/fs/bpf/bpfdeploy-test")  # other runs' kernel test sandboxes
-STAGING_SUFFIX = "__bpfdeploy_new"
+from bpfdeploy.plan import STAGING_SUFFIX  # noqa: E402
 # The examples whose only host dependency is the cgroup v2 mount: the base of the bad manifests.
 BAD_MANIFEST_BASES = ("cgroup-counters.yaml", "connect-policy.yaml", "sockmap-redirect.yaml")
 
-COUNTER_SRC = """
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __type(key, __u32);
-    __type(value, __u64);
-    __uint(max_entries, 8);
-} counts SEC(".maps");
-
-SEC("cgroup_skb/ingress")
-int count_packets(struct __sk_buff *skb)
-{
-    __u32 key = KEY;
-    __u64 *value = bpf_map_lookup_elem(&counts, &key);
-    if (value)
-        __sync_fetch_and_add(value, 1);
-    return 1;
-}
-
-char LICENSE[] SEC("license") = "GPL";
-"""
-
-EXTRA_SRC = """
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-SEC("cgroup/sock_create")
-int allow_sockets(struct bpf_sock *sk) { return 1; }
-char LICENSE[] SEC("license") = "GPL";
-"""
+# The same programs as the rollback tests: a counter with a map, and a new object for a new cgroup.
+from tests.kernel.test_rollback import COUNTER_SRC, EXTRA_SRC  # noqa: E402
 
 SEED_KEY, SEED_VALUE = 7, 42  # a value written by hand into the counter map: it must survive everything
 

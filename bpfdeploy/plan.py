@@ -128,6 +128,7 @@ class _Planner:
         self.deletes: list[Action] = []
         self.cleanup: list[Action] = []  # leftovers of a killed apply, removed before anything else
         self.qdiscs: set[str] = set()  # devices whose clsact qdisc this plan adds
+        self.ours = live.program_ids()  # ids of the programs pinned under our root
         self.diags: list[Diagnostic] = []
         self.conflicts: list[str] = []
         self.replaced_maps: set[str] = set()
@@ -265,7 +266,7 @@ class _Planner:
         key = hook_key(a.kind, a.target, a.attach_type.value)
         hook = self.live.hooks.get(key)
         live_prog = self.live.programs.get(str(self.d.program(a.program).pin))
-        ours = self._our_ids()
+        ours = self.ours
         if a.kind in (HookKind.DEVICE, HookKind.TRACE) and hook is not None and not hook.target_exists:
             self.diags.append(Diagnostic(f"{a.hook_text()}: {hook.error or 'it does not exist'}", self.file,
                                          format_path(a.where)))
@@ -299,10 +300,6 @@ class _Planner:
             self._link_attachment(a, address, after, hook, live_prog, prog_changed)
         else:
             self._legacy_attachment(a, address, after, hook, live_prog, prog_changed)
-
-    def _our_ids(self) -> set[int]:
-        ids = self.live.program_ids()
-        return ids
 
     def _xdp_holder(self, a, hook) -> str | None:
         """Our own XDP link already on the device (a device holds one XDP program)."""

@@ -75,7 +75,6 @@ _SIGNATURES = {
     "bpf_map_lookup_elem": (c_int, [c_int, vp, vp]),
     "bpf_map_delete_elem": (c_int, [c_int, vp]),
     "bpf_map_get_next_key": (c_int, [c_int, vp, vp]),
-    "bpf_map_create": (c_int, [c_int, cp, c_u32, c_u32, c_u32, vp]),
     "libbpf_set_print": (vp, [vp]),
     "bpf_object__btf": (vp, [vp]),
     "btf__find_by_name_kind": (ctypes.c_int32, [vp, cp, c_u32]),
@@ -510,13 +509,6 @@ def map_count(fd: int) -> int:
 def map_delete(fd: int, key: bytes) -> None:
     if lib().lib.bpf_map_delete_elem(fd, key) and _errno() != 2:
         raise _fail("cannot delete map entry")
-
-
-def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int) -> int:
-    fd = lib().lib.bpf_map_create(map_type, name.encode(), key_size, value_size, max_entries, None)
-    if fd < 0:
-        raise _fail(f"cannot create map {name}")
-    return fd
 
 
 # ---------------------------------------------------------------- device and tracing links

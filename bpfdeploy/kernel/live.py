@@ -420,11 +420,6 @@ def _trace_hook(att) -> LiveHook:
     return LiveHook((), 0, True)
 
 
-def attach_type_name(value: int) -> str:
-    at = BY_VALUE.get(value)
-    return at.name if at else str(value)
-
-
 def fingerprint(live: LiveState) -> str:
     """A digest of everything in the live state that a plan depends on (for saved plans).
 

@@ -115,17 +115,6 @@ class AttachmentSpec:
     def kind(self) -> HookKind:
         return self.attach_type.kind
 
-    def target_text(self) -> str:
-        if self.cgroup is not None:
-            return f"cgroup {self.cgroup.path}"
-        if self.map is not None:
-            return f"map {self.map}"
-        if self.device is not None:
-            return f"device {self.device}" + (f" in netns {self.netns}" if self.netns else "")
-        if self.kind is HookKind.TRACE:
-            return f"{self.attach_type.short[0]} {self.trace_target or self.binary or ''}"
-        return f"netns {self.netns}"
-
 
 @dataclass(frozen=True, slots=True)
 class MetricLabel:

@@ -121,6 +121,3 @@ def step(action) -> None:
 def crash(message: str) -> None:
     err.print(f"[bold red]error[/]: {escape(message)}")
 
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()
