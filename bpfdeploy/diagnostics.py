@@ -7,11 +7,20 @@ from dataclasses import dataclass
 
 
 class ExitCode(enum.IntEnum):
-    """Process exit codes, as Terraform uses them."""
+    """Process exit codes of every command: the one table (README "Exit codes").
+
+    0, 1 and 2 are Terraform's; the others are distinct so that wrappers (Ansible,
+    systemd, CI scripts) can tell them apart without parsing text.
+    """
 
     OK = 0
-    ERROR = 1
-    CHANGES = 2  # plan --detailed-exitcode: changes are pending
+    ERROR = 1  # something failed; an apply that failed was rolled back
+    CHANGES = 2  # plan --detailed-exitcode only: changes are pending
+    DRIFTED = 3  # status: the kernel differs from the manifest, or the deployment is not deployed
+    LOCKED = 4  # another bpfdeploy holds the deployment's lock past --lock-timeout: retry later
+    PARTIAL = 5  # apply finished, but an attachment marked optional failed (the rest is applied)
+    USAGE = 64  # the command line is wrong (sysexits EX_USAGE); nothing was read or changed
+    INTERNAL = 70  # an unexpected crash (sysexits EX_SOFTWARE); the traceback is in a file
 
 
 @dataclass(frozen=True, slots=True)
