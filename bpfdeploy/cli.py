@@ -1,10 +1,12 @@
-"""Command line: argument parsing and exit codes only. Everything else is imported lazily,
+"""Command line: argument parsing, rendering and exit codes only.
+
+Each command calls one function of bpfdeploy/workflow.py and renders what it returns, as
+text or (--json) as a versioned reply (render/replies.py). Everything is imported lazily,
 because start-up is most of what a no-op plan costs."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -12,8 +14,20 @@ from pathlib import Path
 from bpfdeploy.diagnostics import ApplyError, BpfdeployError, ExitCode
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits ExitCode.USAGE: 2 means "changes pending" to plan's callers."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpfdeploy", description="Declarative deployment of eBPF programs.")
+    parser = _Parser(prog="bpfdeploy", description="Declarative deployment of eBPF programs.",
+                     epilog="exit codes: 0 ok, 1 error (a failed apply is rolled back), 2 changes pending "
+                            "(plan --detailed-exitcode), 3 drifted or not deployed (status), 4 locked "
+                            "(--lock-timeout passed), 5 partial (an optional attachment failed), 64 usage, "
+                            "70 internal error")
     parser.add_argument("--version", action="version", version="bpfdeploy 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -100,16 +114,26 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)
         print(f"bpfdeploy: internal error: {sys.exc_info()[1]!r} (traceback in {path})", file=sys.stderr)
-        return ExitCode.ERROR
+        return ExitCode.INTERNAL
+
+
+def _exit_code(exc: BpfdeployError) -> ExitCode:
+    from bpfdeploy.lock import LockTimeout
+
+    return ExitCode.LOCKED if isinstance(exc, LockTimeout) else ExitCode.ERROR
 
 
 def _report_error(exc: BpfdeployError, args) -> int:
-    if args.json:
-        out = {"error": exc.message, "diagnostics": [d.to_json() for d in exc.diagnostics]}
+    code = _exit_code(exc)
+    if getattr(args, "json", False):
+        from bpfdeploy.render.replies import emit
+
+        out = {"error": exc.message, "exit_code": int(code), "diagnostics": [d.to_json() for d in exc.diagnostics]}
         if isinstance(exc, ApplyError):
-            out.update(failed_step=exc.step, detail=exc.detail, rollback_failures=list(exc.rollback))
-        print(json.dumps(out, indent=2))
-        return ExitCode.ERROR
+            out.update(failed_step=exc.step, detail=exc.detail, rolled_back=not exc.rollback,
+                       rollback_failures=list(exc.rollback))
+        emit(out)
+        return code
     from bpfdeploy.render import human
 
     if exc.diagnostics:
@@ -128,7 +152,7 @@ def _report_error(exc: BpfdeployError, args) -> int:
                 human.err.print(f"  {line}", markup=False)
         else:
             human.err.print("Rolled back: the kernel is as it was before this apply.")
-    return ExitCode.ERROR
+    return code
 
 
 def _build_progress(args):
@@ -151,9 +175,11 @@ def cmd_validate(args) -> int:
     prepared = prepare(args.manifest, _build_progress(args))
     d = prepared.desired
     if args.json:
-        print(json.dumps({"valid": True, "deployment": d.name, "pin_root": str(d.pin_root),
-                          "programs": len(d.programs), "maps": len(d.maps), "attachments": len(d.attachments),
-                          "diagnostics": [w.to_json() for w in prepared.warnings]}, indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit({"valid": True, "deployment": d.name, "pin_root": str(d.pin_root),
+              "programs": len(d.programs), "maps": len(d.maps), "attachments": len(d.attachments),
+              "diagnostics": [w.to_json() for w in prepared.warnings]})
         return ExitCode.OK
     from bpfdeploy.render import human
 
@@ -163,74 +189,17 @@ def cmd_validate(args) -> int:
     return ExitCode.OK
 
 
-def _prepare(args, manifest: Path, destroy: bool = False):
-    from bpfdeploy.workflow import prepare
-
-    _require_root()
-    return prepare(manifest, _build_progress(args), destroy=destroy)
-
-
-def _gate(prepared, manifest: Path, refresh: bool = False, cache_dir: Path | None = None):
-    """Check the host against what the manifest needs (declared and implied), before any change."""
-    import dataclasses
-
-    from bpfdeploy.probe import check_requirements, implied_requirements, probe_features
-
-    requires = prepared.manifest.requires or {}
-    features = probe_features(cache_dir, refresh=refresh, full_config=bool(requires.get("config")))
-    programs, maps, attaches = implied_requirements(prepared.desired)
-    diags = check_requirements(features, program_types=programs, map_types=maps, attach_types=attaches,
-                               requires=requires, file=str(manifest))
-    lines = prepared.manifest
-    diags = [dataclasses.replace(d, line=lines.line_of(tuple(d.path.split(".")))) if d.path else d for d in diags]
-    return features, diags
-
-
-def _plan_for(prepared, manifest: Path, destroy: bool = False):
-    from bpfdeploy.kernel.live import read_live_state
-    from bpfdeploy.plan import plan
-
-    warnings: tuple = ()
-    if not destroy:  # removing a deployment needs nothing of the host
-        _features, diags = _gate(prepared, manifest)
-        errors = [d for d in diags if d.severity == "error"]
-        if errors:
-            from bpfdeploy.diagnostics import ManifestError
-
-            raise ManifestError(f"{manifest} does not fit this host; nothing was changed", tuple(diags))
-        warnings = tuple(diags)  # what the probe cannot tell: shown, not blocking
-    live = read_live_state(prepared.desired)
-    result = plan(prepared.desired, live, str(manifest), destroy=destroy)
-    if warnings:
-        import dataclasses
-
-        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings)
-    return live, result
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        from bpfdeploy.diagnostics import HostError
-
-        raise HostError("bpfdeploy needs root (CAP_BPF and CAP_SYS_ADMIN) to read and change BPF state")
-
-
-SAVED_PLAN_KEY = "bpfdeploy_saved_plan"
-
-
 def cmd_plan(args) -> int:
-    prepared = _prepare(args, args.manifest)
-    live, p = _plan_for(prepared, args.manifest)
-    if args.out and not p.errors:
-        from bpfdeploy.kernel.live import fingerprint
+    from bpfdeploy.workflow import plan_deployment, save_plan
 
-        saved = {SAVED_PLAN_KEY: 1, "manifest": str(args.manifest.resolve()),
-                 "desired": _desired_digest(prepared.desired), "live": fingerprint(live), "plan": p.to_json()}
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(saved, indent=1))
-        tmp.replace(args.out)
+    planned = plan_deployment(args.manifest, on_build=_build_progress(args))
+    p = planned.plan
+    if args.out and not p.errors:
+        save_plan(planned, args.out)
     if args.json:
-        print(json.dumps(p.to_json(), indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit(p.to_json())
     else:
         from bpfdeploy.render import human
 
@@ -244,33 +213,9 @@ def cmd_plan(args) -> int:
     return ExitCode.OK
 
 
-def _desired_digest(desired) -> str:
-    import hashlib
-
-    return hashlib.sha256(repr(desired).encode()).hexdigest()
-
-
-def _saved_plan(path: Path) -> dict | None:
-    """The saved plan in FILE, or None when FILE is a manifest."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None  # not a saved plan: loading it as a manifest reports what is wrong
-    if not text.lstrip().startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and SAVED_PLAN_KEY in data else None
-
-
 def cmd_apply(args, destroy: bool = False) -> int:
-    from bpfdeploy.lock import deployment_lock
+    from bpfdeploy.workflow import apply_deployment, summary
 
-    saved = None if destroy else _saved_plan(args.manifest)
-    manifest = Path(saved["manifest"]) if saved else args.manifest
-    prepared = _prepare(args, manifest, destroy=destroy)
     human = None
     if not args.json:
         from bpfdeploy.render import human
@@ -278,87 +223,36 @@ def cmd_apply(args, destroy: bool = False) -> int:
     def on_wait(message: str) -> None:
         (human.err.print(message) if human else print(message, file=sys.stderr))
 
-    with deployment_lock(prepared.desired.name, args.lock_timeout, on_wait):
-        live, p = _plan_for(prepared, manifest, destroy=destroy)
-        if saved:
-            _check_saved(saved, prepared, live, p, args.manifest)
-        return _apply_plan(args, prepared, live, p, manifest, destroy)
+    def on_plan(planned) -> None:
+        human.plan(planned.plan, verbose=getattr(args, "verbose", False),
+                   title="Destroy plan" if destroy else "Plan")
+        p = planned.plan
+        if not p.errors and p.changes and not getattr(args, "check", False):
+            human.out.print("[bold]Applying[/]" if not destroy else "[bold]Destroying[/]")
 
-
-def _check_saved(saved: dict, prepared, live, p, path: Path) -> None:
-    """A saved plan is carried out only if nothing it was computed from has moved."""
-    from bpfdeploy.diagnostics import BpfdeployError
-    from bpfdeploy.kernel.live import fingerprint
-
-    if saved.get("desired") != _desired_digest(prepared.desired):
-        raise BpfdeployError(f"the saved plan {path} is stale: the manifest or its objects changed since it was made; "
-                             "run bpfdeploy plan --out again")
-    if saved.get("live") != fingerprint(live):
-        raise BpfdeployError(f"the saved plan {path} is stale: the live state changed since it was made "
-                             "(another apply, or a change by hand); run bpfdeploy plan --out again")
-    if saved.get("plan", {}).get("actions") != p.to_json()["actions"]:
-        raise BpfdeployError(f"the saved plan {path} no longer matches what would be done; run bpfdeploy plan --out again")
-
-
-def _apply_plan(args, prepared, live, p, manifest: Path, destroy: bool) -> int:
-    title = "Destroy plan" if destroy else "Plan"
-    human = None
-    if not args.json:
-        from bpfdeploy.render import human
-
-        human.plan(p, verbose=getattr(args, "verbose", False), title=title)
-    if p.errors:
-        if args.json:
-            print(json.dumps({"plan": p.to_json(), "applied": False}, indent=2))
-        return ExitCode.ERROR
-    if getattr(args, "check", False) or not p.changes:
-        if args.json:
-            print(json.dumps({"plan": p.to_json(), "applied": False, "done": [], "mutations": 0,
-                              "commands": _commands()}, indent=2))
-        return ExitCode.OK
-    from bpfdeploy.kernel.apply import apply, ensure_bpffs
-
-    ensure_bpffs()
-    if human:
-        human.out.print("[bold]Applying[/]" if not destroy else "[bold]Destroying[/]")
-    result = apply(p, prepared.desired, live, destroy=destroy, on_step=human.step if human else None,
-                   manifest_file=str(manifest.resolve()))
+    applied = apply_deployment(args.manifest, destroy=destroy, check=getattr(args, "check", False),
+                               lock_timeout=args.lock_timeout, on_build=_build_progress(args), on_wait=on_wait,
+                               on_plan=on_plan if human else None, on_step=human.step if human else None)
     if args.json:
-        print(json.dumps({"plan": p.to_json(), "applied": True, "done": result.done, "warnings": result.warnings,
-                          "mutations": result.mutations, "commands": _commands()}, indent=2))
-    else:
-        for w in result.warnings:
+        from bpfdeploy.render.replies import emit
+
+        emit(summary(applied))
+    elif applied.result is not None:
+        for w in applied.result.warnings:
             human.out.print(f"[yellow]warning[/]: {w}")
-        human.out.print(f"[green]{'Destroy' if destroy else 'Apply'} complete.[/] {len(result.done)} change(s) made.")
-    return ExitCode.OK
-
-
-def _commands() -> list[list[str]]:
-    """External commands this run started (bpftool reads, clang builds, mount)."""
-    from bpfdeploy.kernel import runner
-
-    return [list(c) for c in runner.calls]
+        human.out.print(f"[green]{'Destroy' if destroy else 'Apply'} complete.[/] "
+                        f"{len(applied.result.done)} change(s) made.")
+    return ExitCode.ERROR if applied.planned.plan.errors else ExitCode.OK
 
 
 def cmd_destroy(args) -> int:
     return cmd_apply(args, destroy=True)
 
 
-def _status_of(prepared, manifest: Path, stats_seconds: float | None):
-    from bpfdeploy.status import deployment_status, measure_stats, program_stats
-
-    live, p = _plan_for(prepared, manifest)
-    ids = {prog.id for prog in live.programs.values()}
-    stats = None
-    if stats_seconds is not None:
-        stats = measure_stats(ids, stats_seconds)
-    elif ids:
-        stats = program_stats(ids)  # counters that stay from earlier stats windows, if any
-    return deployment_status(prepared.desired, live, p, stats, stats_seconds)
-
-
 def cmd_status(args) -> int:
-    _require_root()
+    from bpfdeploy.workflow import prepare, require_root, status_of
+
+    require_root()
     if args.manifest is None:
         from bpfdeploy.status import list_deployments
 
@@ -366,46 +260,52 @@ def cmd_status(args) -> int:
         if args.json:
             from dataclasses import asdict
 
-            print(json.dumps([asdict(d) for d in items], indent=2))
+            from bpfdeploy.render.replies import emit
+
+            emit({"deployments": [asdict(d) for d in items]})
         else:
             from bpfdeploy.render import status as view
 
             view.deployments(items)
         return ExitCode.OK
-    prepared = _prepare(args, args.manifest)
+    prepared = prepare(args.manifest, _build_progress(args))
     if args.watch and not args.json:
+        import time
+
         from rich.live import Live
 
         from bpfdeploy.render import status as view
 
-        out = view.out
-        with Live(view.status_table(_status_of(prepared, args.manifest, args.stats)), console=out,
+        with Live(view.status_table(status_of(prepared, args.manifest, args.stats)), console=view.out,
                   refresh_per_second=4) as live_view:
             try:
                 while True:
-                    import time
-
                     time.sleep(args.watch)
-                    live_view.update(view.status_table(_status_of(prepared, args.manifest, args.stats)))
+                    live_view.update(view.status_table(status_of(prepared, args.manifest, args.stats)))
             except KeyboardInterrupt:
                 return ExitCode.OK
-    status = _status_of(prepared, args.manifest, args.stats)
+    status = status_of(prepared, args.manifest, args.stats)
     if args.json:
-        print(json.dumps(status.to_json(), indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit(status.to_json())
     else:
         from bpfdeploy.render import status as view
 
         view.out.print(view.status_table(status))
-    return ExitCode.OK
+    return ExitCode.OK if status.healthy else ExitCode.DRIFTED
 
 
 def cmd_dump(args) -> int:
     from bpfdeploy.status import dump_map
+    from bpfdeploy.workflow import require_root
 
-    _require_root()
+    require_root()
     entries = dump_map(args.deployment, args.map)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit({"deployment": args.deployment, "map": args.map, "entries": entries})
     else:
         from bpfdeploy.render import status as view
 
@@ -417,10 +317,12 @@ def cmd_metrics(args) -> int:
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server, write_to_textfile
 
     from bpfdeploy.metrics import DeploymentCollector
+    from bpfdeploy.workflow import prepare, require_root, status_of
 
-    prepared = _prepare(args, args.manifest)
+    require_root()
+    prepared = prepare(args.manifest, _build_progress(args))
     registry = CollectorRegistry()
-    registry.register(DeploymentCollector(prepared, lambda: _status_of(prepared, args.manifest, None)))
+    registry.register(DeploymentCollector(prepared, lambda: status_of(prepared, args.manifest, None)))
     if args.once:
         sys.stdout.write(generate_latest(registry).decode())
         return ExitCode.OK
@@ -454,8 +356,10 @@ def cmd_probe_features(args) -> int:
     features = probe_features(args.cache_dir, refresh=args.refresh)
     known_type = args.helpers is None or features.helpers_for(args.helpers) is not None
     if args.json:
-        print(json.dumps(features_json(features, program_types=args.program_types, map_types=args.map_types,
-                                       helpers=args.helpers, config=args.config), indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit(features_json(features, program_types=args.program_types, map_types=args.map_types,
+                           helpers=args.helpers, config=args.config))
     else:
         from bpfdeploy.render.probe import render_features
 
@@ -465,13 +369,15 @@ def cmd_probe_features(args) -> int:
 
 
 def cmd_probe_check(args) -> int:
-    prepared = _prepare(args, args.manifest)
-    features, diags = _gate(prepared, args.manifest, args.refresh, args.cache_dir)
+    from bpfdeploy.workflow import check_fit
+
+    features, diags = check_fit(args.manifest, _build_progress(args), args.refresh, args.cache_dir)
     errors = [d for d in diags if d.severity == "error"]
     if args.json:
-        print(json.dumps({"fits": not errors, "kernel": features.kernel_release, "probed_at": features.probed_at,
-                          "from_cache": features.from_cache, "diagnostics": [d.to_json() for d in diags]},
-                         indent=2))
+        from bpfdeploy.render.replies import emit
+
+        emit({"fits": not errors, "kernel": features.kernel_release, "probed_at": features.probed_at,
+              "from_cache": features.from_cache, "diagnostics": [d.to_json() for d in diags]})
     else:
         from bpfdeploy.render.probe import render_check
 

@@ -1,30 +1,86 @@
-"""The steps every command shares: manifest -> build -> desired state -> live state -> plan.
+"""The steps every command shares, in one order: manifest -> build -> desired -> gate -> live -> plan -> apply.
 
-The CLI and the Ansible module call these; neither re-implements the order.
+The CLI and the Ansible module both call these functions and only render what they return;
+neither re-implements the order. Every function returns data (``Prepared``, ``Planned``,
+``Applied``) or raises one of the errors of ``diagnostics``; nothing here prints.
+Callbacks (``on_build``, ``on_plan``, ``on_step``, ``on_wait``) let a caller show progress.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bpfdeploy.build import BuiltObject, build_all, cache_dir
 from bpfdeploy.desired import DesiredState, object_info, resolve
-from bpfdeploy.diagnostics import Diagnostic, ManifestError
+from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError, ManifestError
 from bpfdeploy.manifest import load_manifest
 from bpfdeploy.manifest.model import Manifest
+
+if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op plan's cost
+    from bpfdeploy.kernel.apply import ApplyResult
+    from bpfdeploy.kernel.live import LiveState
+    from bpfdeploy.plan import Action, Plan
+    from bpfdeploy.probe import Features
+    from bpfdeploy.status import DeploymentStatus
+
+BuildCallback = Callable[[str, str], None]  # (event: "start" | "done" | "failed", object name)
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
+    """A manifest loaded, its objects built and opened, and resolved into the desired state."""
+
     manifest: Manifest
     built: dict[str, BuiltObject]
     desired: DesiredState
     warnings: tuple[Diagnostic, ...]
 
 
-def prepare(path: Path, on_build: Callable[[str, str], None] | None = None, destroy: bool = False) -> Prepared:
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """What planning found: the live state it read and the plan computed against it.
+
+    ``manifest`` is the manifest file the plan was made from (a saved plan names its own);
+    ``features`` is None for destroy, which needs nothing of the host.
+    """
+
+    manifest: Path
+    prepared: Prepared
+    live: LiveState
+    plan: Plan
+    features: Features | None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of apply or destroy. ``result`` is None when apply was not called: the plan
+    had errors, nothing needed to change, or the caller asked for a check only."""
+
+    planned: Planned
+    result: ApplyResult | None
+    destroy: bool = False
+
+    @property
+    def applied(self) -> bool:
+        return self.result is not None
+
+    @property
+    def changed(self) -> bool:
+        return self.result is not None and bool(self.result.done)
+
+
+# -- preparing ---------------------------------------------------------------------------------
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise HostError("bpfdeploy needs root (CAP_BPF and CAP_SYS_ADMIN) to read and change BPF state")
+
+
+def prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False) -> Prepared:
     """Load, build and resolve a manifest. Raises ManifestError/BuildError with every problem.
 
     A manifest prepared before, whose files have not changed since, comes from the cache.
@@ -41,7 +97,7 @@ def prepare(path: Path, on_build: Callable[[str, str], None] | None = None, dest
     return _prepare(path, on_build, destroy=True)
 
 
-def _prepare(path: Path, on_build: Callable[[str, str], None] | None = None, destroy: bool = False) -> Prepared:
+def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False) -> Prepared:
     manifest, warnings = load_manifest(path, files_must_exist=not destroy)
     if destroy:
         # Destroy needs the deployment's name and pin root only: nothing is built.
@@ -66,3 +122,179 @@ def _prepare(path: Path, on_build: Callable[[str, str], None] | None = None, des
     if desired is None:
         raise ManifestError(f"{path}: {len(problems2)} problem(s)", tuple(warnings) + tuple(problems2))
     return Prepared(manifest, built, desired, tuple(warnings))
+
+
+# -- the host gate -----------------------------------------------------------------------------
+
+def gate(prepared: Prepared, manifest: Path, refresh: bool = False, probe_cache: Path | None = None
+         ) -> tuple[Features, list[Diagnostic]]:
+    """Check the host against what the manifest needs (declared and implied), before any change."""
+    import dataclasses
+
+    from bpfdeploy.probe import check_requirements, implied_requirements, probe_features
+
+    requires = prepared.manifest.requires or {}
+    features = probe_features(probe_cache, refresh=refresh, full_config=bool(requires.get("config")))
+    programs, maps, attaches = implied_requirements(prepared.desired)
+    diags = check_requirements(features, program_types=programs, map_types=maps, attach_types=attaches,
+                               requires=requires, file=str(manifest))
+    lines = prepared.manifest
+    diags = [dataclasses.replace(d, line=lines.line_of(tuple(d.path.split(".")))) if d.path else d for d in diags]
+    return features, diags
+
+
+def check_fit(manifest: Path, on_build: BuildCallback | None = None, refresh: bool = False,
+              probe_cache: Path | None = None) -> tuple[Features, list[Diagnostic]]:
+    """`probe check`: does this manifest fit this host? (diagnostics with severity error: no)"""
+    require_root()
+    return gate(prepare(manifest, on_build), manifest, refresh, probe_cache)
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+def plan_prepared(prepared: Prepared, manifest: Path, destroy: bool = False) -> Planned:
+    """Gate, read the live state once, and plan. Raises ManifestError when the host does not fit."""
+    from bpfdeploy.kernel.live import read_live_state
+    from bpfdeploy.plan import plan
+
+    features = None
+    warnings: tuple[Diagnostic, ...] = ()
+    if not destroy:  # removing a deployment needs nothing of the host
+        features, diags = gate(prepared, manifest)
+        if any(d.severity == "error" for d in diags):
+            raise ManifestError(f"{manifest} does not fit this host; nothing was changed", tuple(diags))
+        warnings = tuple(diags)  # what the probe cannot tell: shown, not blocking
+    live = read_live_state(prepared.desired)
+    result = plan(prepared.desired, live, str(manifest), destroy=destroy)
+    if warnings:
+        import dataclasses
+
+        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings)
+    return Planned(manifest, prepared, live, result, features)
+
+
+def plan_deployment(manifest: Path, *, destroy: bool = False, on_build: BuildCallback | None = None) -> Planned:
+    """`plan`: everything up to the plan, changing nothing."""
+    require_root()
+    return plan_prepared(prepare(manifest, on_build, destroy=destroy), manifest, destroy=destroy)
+
+
+# -- saved plans -------------------------------------------------------------------------------
+
+SAVED_PLAN_KEY = "bpfdeploy_saved_plan"
+
+
+def save_plan(planned: Planned, out: Path) -> None:
+    """Write the plan with what it was computed from, for `apply FILE` (refused once any of it moved)."""
+    from bpfdeploy.kernel.live import fingerprint
+
+    saved = {SAVED_PLAN_KEY: 1, "manifest": str(planned.manifest.resolve()),
+             "desired": _desired_digest(planned.prepared.desired), "live": fingerprint(planned.live),
+             "plan": planned.plan.to_json()}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(saved, indent=1))
+    tmp.replace(out)
+
+
+def read_saved_plan(path: Path) -> dict | None:
+    """The saved plan in FILE, or None when FILE is a manifest."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None  # not a saved plan: loading it as a manifest reports what is wrong
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and SAVED_PLAN_KEY in data else None
+
+
+def _desired_digest(desired: DesiredState) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(desired).encode()).hexdigest()
+
+
+def _check_saved(saved: dict, planned: Planned, path: Path) -> None:
+    """A saved plan is carried out only if nothing it was computed from has moved."""
+    from bpfdeploy.kernel.live import fingerprint
+
+    if saved.get("desired") != _desired_digest(planned.prepared.desired):
+        raise BpfdeployError(f"the saved plan {path} is stale: the manifest or its objects changed since it was made; "
+                             "run bpfdeploy plan --out again")
+    if saved.get("live") != fingerprint(planned.live):
+        raise BpfdeployError(f"the saved plan {path} is stale: the live state changed since it was made "
+                             "(another apply, or a change by hand); run bpfdeploy plan --out again")
+    if saved.get("plan", {}).get("actions") != planned.plan.to_json()["actions"]:
+        raise BpfdeployError(f"the saved plan {path} no longer matches what would be done; run bpfdeploy plan --out again")
+
+
+# -- applying ----------------------------------------------------------------------------------
+
+def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = False, lock_timeout: float = 60,
+                     on_build: BuildCallback | None = None, on_wait: Callable[[str], None] | None = None,
+                     on_plan: Callable[[Planned], None] | None = None,
+                     on_step: Callable[[Action], None] | None = None) -> Applied:
+    """`apply` / `destroy` (``manifest`` may be a saved plan file): lock, plan, carry the plan out.
+
+    apply is called only when the plan has no errors, has changes and ``check`` is false, so
+    check mode makes no mutating call by construction. Raises ApplyError after a rollback.
+    """
+    from bpfdeploy.lock import deployment_lock
+
+    require_root()
+    saved = None if destroy else read_saved_plan(manifest)
+    source = Path(saved["manifest"]) if saved else manifest
+    prepared = prepare(source, on_build, destroy=destroy)
+    with deployment_lock(prepared.desired.name, lock_timeout, on_wait):
+        planned = plan_prepared(prepared, source, destroy=destroy)
+        if saved:
+            _check_saved(saved, planned, manifest)
+        if on_plan:
+            on_plan(planned)
+        p = planned.plan
+        if p.errors or check or not p.changes:
+            return Applied(planned, None, destroy)
+        from bpfdeploy.kernel.apply import apply, ensure_bpffs
+
+        ensure_bpffs()
+        result = apply(p, prepared.desired, planned.live, destroy=destroy, on_step=on_step,
+                       manifest_file=str(source.resolve()))
+        return Applied(planned, result, destroy)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def status_of(prepared: Prepared, manifest: Path, stats_seconds: float | None = None) -> DeploymentStatus:
+    """One deployment in detail: the plan read as a status, with run counters when asked."""
+    from bpfdeploy.status import deployment_status, measure_stats, program_stats
+
+    planned = plan_prepared(prepared, manifest)
+    live = planned.live
+    ids = {prog.id for prog in live.programs.values()}
+    stats = None
+    if stats_seconds is not None:
+        stats = measure_stats(ids, stats_seconds)
+    elif ids:
+        stats = program_stats(ids)  # counters that stay from earlier stats windows, if any
+    return deployment_status(prepared.desired, live, planned.plan, stats, stats_seconds)
+
+
+def commands_run() -> list[list[str]]:
+    """External commands this process started (bpftool reads, clang builds, mount, tc)."""
+    from bpfdeploy.kernel import runner
+
+    return [list(c) for c in runner.calls]
+
+
+def summary(applied: Applied) -> dict[str, Any]:
+    """The JSON body of an apply or destroy reply (the CLI's --json and the Ansible module share it)."""
+    out: dict[str, Any] = {"plan": applied.planned.plan.to_json(), "applied": applied.applied}
+    if applied.planned.plan.errors:
+        return out
+    r = applied.result
+    out.update(done=list(r.done) if r else [], warnings=list(r.warnings) if r else [],
+               mutations=r.mutations if r else 0, commands=commands_run())
+    return out

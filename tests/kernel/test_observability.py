@@ -96,12 +96,15 @@ def test_status_sees_each_kind_of_drift(sandbox):
     status = sandbox.cli_json("status", manifest)
     assert status["healthy"] is True and status["summary"]["drifted"] == 0
     listing = sandbox.cli_json("status")
-    assert any(d["name"] == name and d["programs"] == 2 for d in listing)
+    assert listing["format_version"] == 1
+    assert any(d["name"] == name and d["programs"] == 2 for d in listing["deployments"])
 
     link = next((root / "links").iterdir())
     link.unlink()  # detached by hand
     (root / "progs/count_egress").unlink()  # unpinned by hand
-    status = sandbox.cli_json("status", manifest)
+    drifted = sandbox.cli("status", manifest, "--json", check=False)
+    assert drifted.returncode == 3  # ExitCode.DRIFTED: wrappers can tell drift from failure
+    status = json.loads(drifted.stdout)
     states = {a["name"]: a["state"] for a in status["attachments"]}
     assert states[link.name] == "missing"
     progs = {p["name"]: p["state"] for p in status["programs"]}
@@ -110,7 +113,7 @@ def test_status_sees_each_kind_of_drift(sandbox):
 
     sandbox.cli("apply", manifest)
     (root / "maps/traffic").unlink()
-    status = sandbox.cli_json("status", manifest)
+    status = sandbox.cli_json("status", manifest, check=False)
     assert {m["name"]: m["state"] for m in status["maps"]}["traffic"] == "missing"
     assert all(p["state"] == "drifted" for p in status["programs"])
 
@@ -138,7 +141,8 @@ def test_status_stats_window_counts_runs_and_restores_the_sysctl(sandbox):
 def test_dump_shows_btf_formatted_entries(sandbox):
     manifest = sandbox.example("connect-policy.yaml")
     sandbox.cli("apply", manifest)
-    entries = json.loads(sandbox.cli("dump", manifest, "port_rewrites", "--json").stdout)
-    assert entries == [{"key": 7777, "value": 7778}]
+    reply = json.loads(sandbox.cli("dump", manifest, "port_rewrites", "--json").stdout)
+    assert reply["format_version"] == 1 and reply["map"] == "port_rewrites"
+    assert reply["entries"] == [{"key": 7777, "value": 7778}]
     proc = sandbox.cli("dump", manifest, "nosuch", check=False)
     assert proc.returncode == 1 and "has no map 'nosuch'" in proc.stderr and "port_rewrites" in proc.stderr

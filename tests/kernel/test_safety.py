@@ -58,7 +58,7 @@ def test_lock_timeout_zero_fails_fast_while_another_apply_runs(sandbox):
         _wait_for(marker, holder)
         t0 = time.monotonic()
         proc = sandbox.cli("apply", manifest, "--lock-timeout", "0", check=False)
-        assert proc.returncode == 1 and "locked by another bpfdeploy process" in proc.stderr
+        assert proc.returncode == 4 and "locked by another bpfdeploy process" in proc.stderr  # ExitCode.LOCKED
         assert time.monotonic() - t0 < 2.5
         assert sandbox.cli("plan", manifest).returncode == 0  # plans do not take the lock
     finally:
