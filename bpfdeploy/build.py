@@ -63,7 +63,7 @@ def _btf_identity() -> str:
         return "no-btf"
 
 
-def _headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
+def local_headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
     """Local headers the source includes, recursively (system headers are left out)."""
     found: list[Path] = []
     seen: set[Path] = set()
@@ -96,7 +96,7 @@ def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
         return h.hexdigest()
     h.update(b"\0clang\0" + (clang_id or _clang_identity()).encode())
     h.update(b"\0source\0" + obj.source.read_bytes())
-    for header in _headers(obj.source, obj.include_dirs):
+    for header in local_headers(obj.source, obj.include_dirs):
         h.update(b"\0header\0" + header.name.encode() + b"\0" + header.read_bytes())
     for part in _clang_args(obj, Path("/vmlinux")):
         h.update(b"\0arg\0" + part.encode())

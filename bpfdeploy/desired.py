@@ -16,113 +16,24 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from bpfdeploy import hooks
 from bpfdeploy.build import BuiltObject
 from bpfdeploy.diagnostics import Diagnostic
-from bpfdeploy.hooks import AttachType, HookKind
+from bpfdeploy.hooks import HookKind
 from bpfdeploy.manifest.paths import format_path
-from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Manifest
-
-# Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.
-# (Per-CPU maps need a value per CPU; fd, socket, ring, queue and storage maps hold no plain values.)
-ENTRY_MAP_TYPES = {1, 2, 9, 11}
-
-
-@dataclass(frozen=True, slots=True)
-class MapGeometry:
-    """What must match for a pinned map to be reused: the kernel adopts the pinned map's shape silently."""
-
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-    flags: int
-
-    def describe(self) -> str:
-        kind = hooks.MAP_TYPE_NAMES.get(self.type, str(self.type))
-        return f"{kind} key {self.key_size}B value {self.value_size}B max_entries {self.max_entries} flags {self.flags:#x}"
-
-    def compatible_with(self, live: "MapGeometry") -> bool:
-        # libbpf sizes a perf_event_array with max_entries 0 to the CPU count at load.
-        max_ok = self.max_entries == live.max_entries or (self.type == 4 and 0 in (self.max_entries, live.max_entries))
-        return (self.type, self.key_size, self.value_size, self.flags) == (
-            live.type, live.key_size, live.value_size, live.flags) and max_ok
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredMap:
-    name: str
-    pin: Path
-    geometry: MapGeometry
-    entries: tuple[tuple[bytes, bytes], ...]
-    entries_policy: EntriesPolicy
-    recreate_if_incompatible: bool
-    users: tuple[str, ...]  # program pin names whose object uses this map
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredProgram:
-    pin_name: str
-    pin: Path
-    object: str
-    function: str
-    prog_type: str  # bpftool's name
-    type_override: int | None
-    # Set with type_override when the program's hooks need an expected attach type that its
-    # SEC() name does not give (for example a cgroup/connect_unix program on libbpf 1.1).
-    expected_attach_type: int | None
-    digest: str  # sha256 hex of the object digest, function, type: a change means replace
-    object_path: Path
-    maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
-    globals: tuple[tuple[str, bytes], ...] = ()  # global variables' values, written before load
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredAttachment:
-    name: str
-    pin: Path  # link pin (for legacy attaches: nothing is pinned there)
-    program: str  # program pin name
-    attach_type: AttachType
-    target: str  # cgroup path, deployment map name, netns file, "device[@netns file]", or the traced thing
-    mode: AttachMode
-    create_cgroup: bool
-    where: tuple = ()  # manifest path, for diagnostics
-    device: str | None = None
-    netns: str | None = None  # for device hooks: the netns file the device is in (None: ours)
-    xdp_mode: str | None = None
-    priority: int = 1
-    handle: int = 1
-    trace_target: str | None = None  # tracepoint "category/name", raw tracepoint, kprobe function
-    binary: str | None = None
-    symbol: str | None = None
-    offset: int | None = None
-    pid: int | None = None
-
-    @property
-    def kind(self) -> HookKind:
-        return self.attach_type.kind
-
-    def hook_text(self) -> str:
-        return f"{self.attach_type.short[0]} on {self.kind.value} {self.target}"
-
-
-@dataclass(frozen=True, slots=True)
-class DesiredState:
-    name: str
-    pin_root: Path
-    maps: tuple[DesiredMap, ...]
-    programs: tuple[DesiredProgram, ...]
-    attachments: tuple[DesiredAttachment, ...]
-
-    def program(self, pin_name: str) -> DesiredProgram | None:
-        return next((p for p in self.programs if p.pin_name == pin_name), None)
-
-    def map(self, name: str) -> DesiredMap | None:
-        return next((m for m in self.maps if m.name == name), None)
-
+from bpfdeploy.manifest.model import EntriesPolicy, Manifest
+# The desired types live in the model; re-exported here for the modules that build them.
+from bpfdeploy.model.desired import (  # noqa: F401
+    ENTRY_MAP_TYPES,
+    DesiredAttachment,
+    DesiredMap,
+    DesiredProgram,
+    DesiredState,
+    MapGeometry,
+)
 
 OBJECT_INFO_FORMAT = 2
 

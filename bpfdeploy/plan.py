@@ -13,10 +13,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfdeploy.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
+from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
-from bpfdeploy.kernel.live import LiveState, hook_key
+from bpfdeploy.model.live import LiveState, hook_key
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
 

@@ -37,7 +37,7 @@ def _key(manifest: Path, cache: Path) -> Path:
 
 
 def _inputs(prepared) -> list[str]:
-    from bpfdeploy.build import VMLINUX_BTF, _headers
+    from bpfdeploy.build import VMLINUX_BTF, local_headers
     from bpfdeploy.manifest.paths import SCHEMA_PATH
 
     files = [str(SCHEMA_PATH)]
@@ -46,7 +46,7 @@ def _inputs(prepared) -> list[str]:
             files.append(str(obj.file))
             continue
         files.append(str(obj.source))
-        files += [str(h) for h in _headers(obj.source, obj.include_dirs)]
+        files += [str(h) for h in local_headers(obj.source, obj.include_dirs)]
         files += [str(d) for d in obj.include_dirs]
         if obj.vmlinux_h:
             files.append(str(VMLINUX_BTF))

@@ -13,86 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpfdeploy.desired import DesiredState, MapGeometry
 from bpfdeploy.diagnostics import HostError
 from bpfdeploy.hooks import BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel import runner
+from bpfdeploy.model.desired import DesiredState, MapGeometry
+# The live types live in the model; re-exported here for the modules that read them.
+from bpfdeploy.model.live import HookKey, LiveHook, LiveLink, LiveMap, LiveProgram, LiveState, hook_key  # noqa: F401
 from bpfdeploy.record import Record, other_deployments, read_record
-
-
-@dataclass(frozen=True, slots=True)
-class LiveProgram:
-    id: int
-    type: str
-    name: str
-    tag: str
-    pins: tuple[str, ...]
-    map_ids: tuple[int, ...]
-    loaded_at: int = 0
-    run_cnt: int = 0
-    run_time_ns: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LiveMap:
-    id: int
-    name: str
-    geometry: MapGeometry
-    pins: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LiveLink:
-    id: int
-    type: str  # bpftool's link type name, or the number when bpftool 7.1 does not know it
-    prog_id: int
-    pins: tuple[str, ...]
-    cgroup_id: int | None = None
-    attach_type: str | None = None
-    netns_ino: int | None = None
-    ifindex: int | None = None  # xdp and tcx links (read through libbpf: bpftool 7.1 does not print it)
-
-
-HookKey = tuple[str, str, int]  # (kind, target, attach type value)
-
-
-@dataclass(frozen=True, slots=True)
-class LiveHook:
-    """What BPF_PROG_QUERY says is attached at one hook."""
-
-    prog_ids: tuple[int, ...]
-    attach_flags: int
-    target_exists: bool = True
-    target_id: int | None = None  # cgroup id (inode), netns inode, ifindex, or a uprobe's file offset
-    error: str = ""
-    identity: str = ""  # uprobe: offset and inode the probe must sit on
-    filters: tuple = ()  # tc: (pref, handle, program id) of each bpf filter
-    clsact: bool = False  # tc: the device has a clsact qdisc
-
-
-@dataclass(frozen=True, slots=True)
-class LiveState:
-    pin_root: Path
-    pin_root_exists: bool
-    pinned: tuple[str, ...]  # every file under the pin root
-    overlapping: tuple = ()  # (name, pin root) of other deployments whose pin root overlaps ours
-    programs: dict = field(default_factory=dict)  # pin path -> LiveProgram
-    maps: dict = field(default_factory=dict)  # pin path -> LiveMap
-    links: dict = field(default_factory=dict)  # pin path -> LiveLink
-    hooks: dict = field(default_factory=dict)  # HookKey -> LiveHook
-    record: Record | None = None
-    bpffs_mounted: bool = True
-    map_values: dict = field(default_factory=dict)  # (map pin, key bytes) -> value bytes | None
-    names: dict = field(default_factory=dict)  # program id -> name, for every program on the host
-    existing_cgroups: frozenset = frozenset()  # cgroups the record says we created that still exist
-    map_names: dict = field(default_factory=dict)  # map id -> name (cut to 15 characters), every map on the host
-
-    def program_ids(self) -> set[int]:
-        return {p.id for p in self.programs.values()}
-
 
 # ---------------------------------------------------------------- parsing (pure)
 
@@ -280,10 +209,6 @@ def _read_map_values(desired: DesiredState, maps: dict) -> dict:
         finally:
             os.close(fd)
     return out
-
-
-def hook_key(kind: HookKind | str, target: str, attach_type: int) -> HookKey:
-    return (kind.value if isinstance(kind, HookKind) else kind, target, attach_type)
 
 
 def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
