@@ -144,7 +144,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                 pin_name=spec.pin, pin=root / "progs" / spec.pin, object=obj.name, function=spec.function,
                 prog_type=prog_type, type_override=hooks.PROG_TYPES[spec.type_override] if spec.type_override else None,
                 expected_attach_type=expected, digest=digest, object_path=built_obj.path, maps=bindings,
-                globals=global_values))
+                globals=global_values, access=spec.access))
             for _inner, outer in bindings:
                 map_users.setdefault(outer, []).append(spec.pin)
     seen_pins: set[str] = set()
@@ -178,7 +178,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             name=name, pin=root / "maps" / name, geometry=geometry, entries=tuple(entries),
             entries_policy=settings.entries_policy if settings else EntriesPolicy.ENFORCE,
             recreate_if_incompatible=bool(settings and settings.recreate_if_incompatible),
-            users=tuple(map_users.get(name, ()))))
+            users=tuple(map_users.get(name, ())), access=settings.access if settings else None))
 
     for metric in manifest.metrics:
         if metric.map not in map_defs:
@@ -239,7 +239,8 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             binary=str(att.binary) if att.binary else None, symbol=att.symbol, offset=att.offset, pid=att.pid))
     if problems:
         return None, problems
-    return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments)), problems
+    return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments),
+                        manifest.pin_root_access), problems
 
 
 def _choices(name: str, options) -> str:

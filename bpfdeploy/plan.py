@@ -39,6 +39,7 @@ class Resource(enum.Enum):
     ATTACHMENT = "attach"
     PIN = "pin"  # a pin under our root that nothing desired explains (an orphan)
     QDISC = "qdisc"  # the clsact qdisc that tc filters need
+    ACCESS = "access"  # owner, group and mode of a pin or of the pin root's directories
 
 
 def link_target(a: DesiredAttachment, hook) -> str:
@@ -150,6 +151,7 @@ class _Planner:
             self._program(p)
         for a in self.d.attachments:
             self._attachment(a)
+        self._access()
         self._leftovers()
         actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
         return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts))
@@ -462,6 +464,26 @@ class _Planner:
             return
         self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
                                    before=before, after=after, details=details))
+
+    # -- owner, group and mode of pins (a new pin gets them when it is made: only drift is planned here)
+    def _access(self) -> None:
+        for address, path, access in self.d.access_paths():
+            kind, _, name = address.partition("/")[2].partition("/")
+            if (kind == "map" and name in self.replaced_maps) or (kind == "prog" and name in self.new_programs):
+                continue  # a new pin: made with the access the manifest asks
+            stat = self.live.pin_stats.get(str(path))
+            if stat is None:
+                continue  # not there yet: apply makes it with that access
+            uid, gid, mode = stat
+            before = f"owner {uid} group {gid} mode {mode:04o}"
+            if access.differs(uid, gid, mode):
+                self.actions.append(Action(Kind.UPDATE, Resource.ACCESS, address,
+                                           "its owner, group or mode differs from the manifest", live_pin=str(path),
+                                           before=before, after=access.describe(), desired=access,
+                                           details=(str(path),)))
+            else:
+                self.actions.append(Action(Kind.NOOP, Resource.ACCESS, address, "in sync", live_pin=str(path),
+                                           before=before, after=before, desired=access, details=(str(path),)))
 
     # -- what is live but no longer desired, in reverse dependency order
     def _leftovers(self) -> None:

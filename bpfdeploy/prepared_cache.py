@@ -51,6 +51,8 @@ def _inputs(prepared) -> list[str]:
         if obj.vmlinux_h:
             files.append(str(VMLINUX_BTF))
     files += [str(b.path) for b in prepared.built.values()]
+    if _uses_names(prepared.manifest):  # owner and group names were resolved through these
+        files += ["/etc/passwd", "/etc/group"]
     import shutil
 
     clang = shutil.which("clang")
@@ -82,3 +84,9 @@ def store(manifest: Path, cache: Path, prepared) -> None:
         tmp.replace(path)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         pass  # no cache: prepare in full next time
+
+
+def _uses_names(manifest) -> bool:
+    accesses = [manifest.pin_root_access, *(m.access for m in manifest.maps),
+                *(p.access for o in manifest.objects for p in (o.programs or ()))]
+    return any(a is not None and (a.owner_name or a.group_name) for a in accesses)

@@ -163,6 +163,9 @@ class _Run:
         for a in actions:
             if a.resource is Resource.ATTACHMENT:
                 self._attachment(a)
+        for a in actions:
+            if a.resource is Resource.ACCESS and a.kind is Kind.UPDATE:
+                self._access(a)
         self.current = "commit"
         for staged, final in self.renames:
             os.rename(staged, final)
@@ -181,6 +184,31 @@ class _Run:
             os.mkdir(path)
             self._mut()
             self.undo.push(f"rmdir {path}", lambda p=path: os.rmdir(p))
+            if self.d.pin_root_access is not None and (path == root or path.parent == root):
+                self._set_access(str(path), self.d.pin_root_access)
+
+    def _set_access(self, path: str, access) -> None:
+        """chown/chmod a new pin or directory as the manifest asks (its removal undoes it)."""
+        if access.uid is not None or access.gid is not None:
+            os.chown(path, -1 if access.uid is None else access.uid, -1 if access.gid is None else access.gid,
+                     follow_symlinks=False)
+            self._mut()
+        if access.mode is not None:
+            os.chmod(path, access.mode)
+            self._mut()
+
+    def _access(self, a: Action) -> None:
+        """Fix the owner, group or mode of an existing pin; undo puts the old ones back."""
+        self._step(a)
+        path = a.details[0]
+        st = os.lstat(path)
+        self._set_access(path, a.desired)
+
+        def put_back(p=path, uid=st.st_uid, gid=st.st_gid, mode=st.st_mode & 0o7777) -> None:
+            os.chown(p, uid, gid, follow_symlinks=False)
+            os.chmod(p, mode)
+        self.undo.push(f"restore owner and mode of {path}", put_back)
+        self._done(a)
 
     def _cgroup(self, a: Action) -> None:
         if a.kind is not Kind.CREATE:
@@ -213,6 +241,8 @@ class _Run:
             libbpf.obj_pin(fd, target)
             self._mut()
             self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+            if m.access is not None:
+                self._set_access(target, m.access)
             if a.kind is Kind.REPLACE:
                 self.renames.append((target, str(m.pin)))
             self.map_fds[m.name] = fd
@@ -270,6 +300,8 @@ class _Run:
                 libbpf.obj_pin(fd, target)
                 self._mut()
                 self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+                if p.access is not None:
+                    self._set_access(target, p.access)
                 if a.kind is Kind.REPLACE:
                     self.renames.append((target, str(p.pin)))
                 self.prog_pins[p.pin_name] = target

@@ -170,7 +170,19 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
     map_values = _read_map_values(desired, maps)
     return LiveState(root, root_exists, pinned, overlapping, programs, maps, links,
                      _read_hooks(desired, record, maps), record, True, map_values, names,
-                     existing_cgroups, map_names)
+                     existing_cgroups, map_names, read_pin_stats(desired))
+
+
+def read_pin_stats(desired: DesiredState) -> dict:
+    """Owner, group and mode of the pins and directories whose access the manifest sets."""
+    out = {}
+    for _address, path, _access in desired.access_paths():
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        out[str(path)] = (st.st_uid, st.st_gid, st.st_mode & 0o7777)
+    return out
 
 
 def _with_ifindex(links: dict) -> dict:
@@ -360,7 +372,7 @@ def fingerprint(live: LiveState) -> str:
         sorted((k, v.id, v.prog_id, v.cgroup_id, v.netns_ino) for k, v in live.links.items()),
         sorted((k, v.prog_ids, v.attach_flags, v.target_exists, v.target_id) for k, v in live.hooks.items()),
         sorted((k, v) for k, v in live.map_values.items()),
-        sorted(live.existing_cgroups),
+        sorted(live.existing_cgroups), sorted(live.pin_stats.items()),
         sorted(record.digests.items()) if record else (), sorted(map(repr, record.legacy)) if record else (),
     ]
     return hashlib.sha256(repr(parts).encode()).hexdigest()

@@ -29,6 +29,7 @@ from bpfdeploy.manifest.model import (
     MetricLabel,
     MetricSpec,
     ObjectSpec,
+    PinAccess,
     ProgramSpec,
 )
 
@@ -65,7 +66,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
                                          f"first used at {_fmt(pins[prog.pin])}; set a different 'pin'"))
             pins.setdefault(prog.pin, prog.where)
 
-    maps = tuple(m for m in (_tolerant(_map_settings, raw, ("maps", mname), problems, mname, mdata) for mname, mdata in _items(data.get("maps")))
+    maps = tuple(m for m in (_tolerant(_map_settings, raw, ("maps", mname), problems, mname, mdata, problems) for mname, mdata in _items(data.get("maps")))
                  if m is not None)
     attachments = []
     seen_names: dict[str, tuple] = {}
@@ -81,10 +82,12 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
         seen_names[att.name] = att.where
         attachments.append(att)
 
+    root_access = _access(raw, ("pin_root_access",), data.get("pin_root_access"), problems)
     if any(d.severity in ("error", SHADOW) for d in problems):
         return None, problems
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
                         attachments=tuple(attachments), lines=raw.lines, requires=data.get("requires"),
+                        pin_root_access=root_access,
                         metrics=tuple(m for m in (_tolerant(_metric, raw, ("metrics", i), problems, i, m, problems) for i, m in
                                                   enumerate(data.get("metrics") if isinstance(data.get("metrics"), list)
                                                             else ())) if m is not None))
@@ -212,7 +215,8 @@ def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list,
     if data.get("programs"):
         programs = tuple(
             ProgramSpec(object=name, function=fn, pin=(pdata or {}).get("pin", fn),
-                        type_override=(pdata or {}).get("type"), where=where + ("programs", fn))
+                        type_override=(pdata or {}).get("type"), where=where + ("programs", fn),
+                        access=_access(raw, where + ("programs", fn), pdata, problems))
             for fn, pdata in data["programs"].items()
         )
         for prog in programs:
@@ -226,13 +230,57 @@ def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list,
                       globals=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (data.get("globals") or {}).items()))
 
 
+ACCESS_KEYS = ("owner", "group", "mode")
+
+
+def _access(raw: RawManifest, where: tuple, data, problems: list) -> PinAccess | None:
+    """owner/group/mode of a pin or the pin root; names are resolved here (an unknown one is an error)."""
+    if not isinstance(data, dict) or not any(k in data for k in ACCESS_KEYS):
+        return None
+    import grp
+    import pwd
+
+    uid = gid = mode = None
+    owner_name = group_name = ""
+    owner, group = data.get("owner"), data.get("group")
+    if owner is not None:
+        try:
+            entry = pwd.getpwuid(owner) if isinstance(owner, int) else pwd.getpwnam(str(owner))
+            uid, owner_name = entry.pw_uid, entry.pw_name
+        except (KeyError, OverflowError):
+            if isinstance(owner, int):  # a numeric id needs no entry in /etc/passwd
+                uid, owner_name = owner, str(owner)
+            else:
+                problems.append(raw.diag(where + ("owner",), f"no user {owner!r} on this host",
+                                         "give an existing user name or a numeric uid"))
+    if group is not None:
+        try:
+            entry = grp.getgrgid(group) if isinstance(group, int) else grp.getgrnam(str(group))
+            gid, group_name = entry.gr_gid, entry.gr_name
+        except (KeyError, OverflowError):
+            if isinstance(group, int):
+                gid, group_name = group, str(group)
+            else:
+                problems.append(raw.diag(where + ("group",), f"no group {group!r} on this host",
+                                         "give an existing group name or a numeric gid"))
+    if "mode" in data:
+        text = data["mode"]
+        if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{3,4}", text):
+            problems.append(raw.diag(where + ("mode",), f"mode {text!r} is not an octal permission string",
+                                     "write it quoted, for example mode: \"0640\" (YAML reads an unquoted 0640 "
+                                     "as the number 416)", severity=SHADOW))
+        else:
+            mode = int(text, 8)
+    return PinAccess(uid, gid, mode, owner_name, group_name)
+
+
 def _define_text(value) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
 
 
-def _map_settings(raw: RawManifest, name: str, data: dict) -> MapSettings:
+def _map_settings(raw: RawManifest, name: str, data: dict, problems: list) -> MapSettings:
     where = ("maps", name)
     entries = tuple(
         MapEntry(key=_bytes_spec(e["key"]), value=_bytes_spec(e["value"]), where=where + ("entries", i))
@@ -240,7 +288,8 @@ def _map_settings(raw: RawManifest, name: str, data: dict) -> MapSettings:
     )
     return MapSettings(name=name, entries=entries,
                        entries_policy=EntriesPolicy(data.get("entries_policy", "enforce")),
-                       recreate_if_incompatible=data.get("on_incompatible_change") == "recreate", where=where)
+                       recreate_if_incompatible=data.get("on_incompatible_change") == "recreate", where=where,
+                       access=_access(raw, where, data, problems))
 
 
 def _bytes_spec(value):

@@ -237,7 +237,9 @@ def _explain(raw: RawManifest, error, schema: dict) -> list[Diagnostic]:
     if validator == "type":
         expected = error.validator_value
         expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [raw.diag(path, f"expected {expected}, found {_kind(error.instance)} {error.instance!r}")]
+        # A string of a given form (a pattern) says in its description how to write it.
+        hint = error.schema.get("description", "") if "pattern" in error.schema else ""
+        return [raw.diag(path, f"expected {expected}, found {_kind(error.instance)} {error.instance!r}", hint)]
     if validator == "const":
         return [raw.diag(path, f"expected {error.validator_value!r}, found {error.instance!r}")]
     return [raw.diag(path, error.message)]

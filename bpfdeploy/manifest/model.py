@@ -32,6 +32,37 @@ class EntriesPolicy(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class PinAccess:
+    """Who may open a pin (or search a pin directory): the file's owner, group and mode bits.
+
+    Each field is None when the manifest leaves it alone (then apply never changes it, and the
+    plan never reports drift in it). owner/group are numeric ids resolved from the names the
+    manifest gave; the names are kept for the plan's text.
+    """
+
+    uid: int | None = None
+    gid: int | None = None
+    mode: int | None = None  # permission bits only (0o7777 at most)
+    owner_name: str = ""
+    group_name: str = ""
+
+    def describe(self) -> str:
+        parts = []
+        if self.uid is not None:
+            parts.append(f"owner {self.owner_name or self.uid}")
+        if self.gid is not None:
+            parts.append(f"group {self.group_name or self.gid}")
+        if self.mode is not None:
+            parts.append(f"mode {self.mode:04o}")
+        return " ".join(parts)
+
+    def differs(self, uid: int, gid: int, mode: int) -> bool:
+        """Whether a file with this owner, group and mode breaks what the manifest asks."""
+        return ((self.uid is not None and uid != self.uid) or (self.gid is not None and gid != self.gid)
+                or (self.mode is not None and (mode & 0o7777) != self.mode))
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSpec:
     """One program to load from an object, as the manifest names it."""
 
@@ -40,6 +71,7 @@ class ProgramSpec:
     pin: str  # pin name under <pin_root>/progs/; attachments refer to it
     type_override: str | None  # program type forced by the manifest, else from SEC()
     where: tuple  # manifest path, for diagnostics
+    access: PinAccess | None = None  # owner/group/mode of the program's pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +113,7 @@ class MapSettings:
     entries_policy: EntriesPolicy
     recreate_if_incompatible: bool
     where: tuple
+    access: PinAccess | None = None  # owner/group/mode of the map's pin
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +183,7 @@ class Manifest:
     lines: dict  # manifest path -> line, for diagnostics found after loading
     requires: dict = None  # the manifest's requires section as written (None: nothing declared)
     metrics: tuple = ()  # MetricSpec, for `bpfdeploy metrics`
+    pin_root_access: PinAccess | None = None  # owner/group/mode of the pin root and its maps/progs/links
 
     def map_settings(self, name: str) -> MapSettings | None:
         for m in self.maps:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bpfdeploy import hooks
 from bpfdeploy.hooks import AttachType, HookKind
-from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
+from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, PinAccess
 
 # Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.
 # (Per-CPU maps need a value per CPU; fd, socket, ring, queue and storage maps hold no plain values.)
@@ -48,6 +48,7 @@ class DesiredMap:
     entries_policy: EntriesPolicy
     recreate_if_incompatible: bool
     users: tuple[str, ...]  # program pin names whose object uses this map
+    access: PinAccess | None = None  # owner/group/mode its pin must have (None: left alone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class DesiredProgram:
     object_path: Path
     maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
     globals: tuple[tuple[str, bytes], ...] = ()  # global variables' values, written before load
+    access: PinAccess | None = None  # owner/group/mode its pin must have (None: left alone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,18 @@ class DesiredState:
     maps: tuple[DesiredMap, ...]
     programs: tuple[DesiredProgram, ...]
     attachments: tuple[DesiredAttachment, ...]
+    pin_root_access: PinAccess | None = None  # of the pin root and its maps/progs/links directories
+
+    def access_paths(self) -> tuple[tuple[str, Path, PinAccess], ...]:
+        """(address, path, access) of every pin or directory whose owner/group/mode the manifest sets."""
+        out = []
+        if self.pin_root_access is not None:
+            out.append(("access/pin_root", self.pin_root, self.pin_root_access))
+            out += [(f"access/pin_root/{sub}", self.pin_root / sub, self.pin_root_access)
+                    for sub in ("maps", "progs", "links")]
+        out += [(f"access/map/{m.name}", m.pin, m.access) for m in self.maps if m.access is not None]
+        out += [(f"access/prog/{p.pin_name}", p.pin, p.access) for p in self.programs if p.access is not None]
+        return tuple(out)
 
     def program(self, pin_name: str) -> DesiredProgram | None:
         return next((p for p in self.programs if p.pin_name == pin_name), None)

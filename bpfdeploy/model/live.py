@@ -83,6 +83,8 @@ class LiveState:
     names: dict = field(default_factory=dict)  # program id -> name, for every program on the host
     existing_cgroups: frozenset = frozenset()  # cgroups the record says we created that still exist
     map_names: dict = field(default_factory=dict)  # map id -> name (cut to 15 characters), every map on the host
+    # path -> (uid, gid, mode) of every pin or directory whose access the manifest sets (missing: not there)
+    pin_stats: dict = field(default_factory=dict)
 
     def program_ids(self) -> set[int]:
         return {p.id for p in self.programs.values()}

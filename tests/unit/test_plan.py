@@ -556,3 +556,35 @@ def test_net_show_with_a_flow_dissector_is_invalid_json_and_still_parses():
 def test_empty_bpftool_output_is_an_empty_list():
     assert live_module._load_json("\n", "cgroup show") == []
     assert parse_programs("[]") == [] and parse_links("") == []
+
+
+# ---------------------------------------------------------------- pin owner, group and mode
+
+
+def test_pin_access_drift_is_an_update_and_matching_access_a_noop():
+    from bpfdeploy.manifest.model import PinAccess
+
+    wanted = PinAccess(gid=1000, mode=0o640, group_name="metrics")
+    name = sorted(GEOMETRY)[0]
+    state = dataclasses.replace(with_map(desired(), name, access=wanted), pin_root_access=PinAccess(mode=0o755))
+    map_pin = str(ROOT / "maps" / name)
+    live = dataclasses.replace(live_state(), pin_stats={map_pin: (0, 0, 0o600), str(ROOT): (0, 0, 0o755)})
+    p = plan(state, live)
+    assert changed(p) == {f"access/map/{name}": Kind.UPDATE}
+    action = by_address(p)[f"access/map/{name}"]
+    assert action.resource is Resource.ACCESS and action.details == (map_pin,)
+    assert (action.before, action.after) == ("owner 0 group 0 mode 0600", "group metrics mode 0640")
+    assert by_address(p)["access/pin_root"].kind is Kind.NOOP  # mode 0755 as asked; owner/group not asked
+
+    fixed = dataclasses.replace(live, pin_stats={map_pin: (0, 1000, 0o640), str(ROOT): (5, 5, 0o755)})
+    assert plan(state, fixed).changes == ()
+
+
+def test_pin_access_of_a_new_pin_is_not_a_separate_action():
+    from bpfdeploy.manifest.model import PinAccess
+
+    name = sorted(GEOMETRY)[0]
+    state = with_map(desired(), name, access=PinAccess(mode=0o644))
+    p = plan(state, live_state(without=(f"maps/{name}",)))
+    assert by_address(p)[f"map/{name}"].kind is Kind.CREATE
+    assert not [a for a in p.actions if a.resource is Resource.ACCESS]
