@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 
 from bpfdeploy.desired import DesiredAttachment, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import ApplyError, KernelError
+from bpfdeploy.load_errors import load_failure_message, name_in_log
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
@@ -232,7 +233,14 @@ class _Run:
         if a.kind in (Kind.CREATE, Kind.REPLACE):
             user = next((p for p in self.d.programs if any(outer == m.name for _i, outer in p.maps)), None)
             inner = next(i for i, outer in user.maps if outer == m.name)
-            loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+            try:
+                loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+            except KernelError as exc:
+                failure, message = load_failure_message(user.object, user.origin, exc)
+                outer = dict(user.maps).get(failure.item) if failure.item_kind == "map" else None
+                if outer and outer != m.name:  # blame the map libbpf names, not the first one created
+                    self.current = f"{a.kind.value} map/{outer}"
+                raise KernelError(message, exc.errno, name_in_log(exc.log, str(user.object_path), user.origin)) from None
             try:
                 fd = self._fd(os.dup(loaded.map_fds[inner]))
             finally:
@@ -285,10 +293,12 @@ class _Run:
                                             {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
                                              for a in group}, reuse, dict(first.globals))
             except KernelError as exc:
-                names = ", ".join(a.desired.function for a in group)
-                hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""
-                raise KernelError(f"loading program(s) {names} of object {first.object!r} failed{hint}: "
-                                  f"{os.strerror(exc.errno) if exc.errno else exc}", exc.errno, exc.log) from None
+                failure, message = load_failure_message(first.object, first.origin, exc)
+                culprit = next((a for a in group if a.desired.function == failure.item), None) \
+                    if failure.item_kind == "program" else None
+                if culprit is not None:  # blame the program libbpf names, not the last one stepped into
+                    self.current = f"{culprit.kind.value} {culprit.address}"
+                raise KernelError(message, exc.errno, name_in_log(exc.log, str(first.object_path), first.origin)) from None
             try:
                 fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
             finally:
