@@ -6,11 +6,15 @@ binary and, with ``vmlinux_h``, the kernel's BTF. An unchanged digest means no c
 process at all. A prebuilt object's digest is the hash of its bytes.
 
 The digest is also what the planner compares to decide that a program must be replaced
-(the applier keeps it in the deployment record, see ``record.py``).
+(the applier keeps it in the deployment record, see ``record.py``). It does not depend on
+where the manifest lives (paths are hashed relative to the source's directory), so a host
+that builds locally and one that deploys artifacts built elsewhere (``artifacts.py``) record
+the same digest for the same inputs.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import re
@@ -23,7 +27,9 @@ from bpfdeploy.diagnostics import BuildError, Diagnostic
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import Manifest, ObjectSpec
 
-BUILD_FORMAT = "bpfdeploy-build-1"
+BUILD_FORMAT = "bpfdeploy-build-1"  # prebuilt `file` objects (their digest is unchanged since format 1)
+SOURCE_FORMAT = "bpfdeploy-build-2"  # `source` objects: path-independent since format 2
+INPUTS_FORMAT = "bpfdeploy-inputs-1"
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 _INCLUDE = re.compile(rb'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 _ARCH = {"x86_64": ("x86", "x86_64-linux-gnu"), "aarch64": ("arm64", "aarch64-linux-gnu"),
@@ -40,12 +46,30 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bpfdeploy"
 
 
+class ObjectOrigin(enum.Enum):
+    """Where the ELF file that is loaded came from."""
+
+    LOCAL = "build"  # built here (or found in the build cache), or a prebuilt `file`
+    ARTIFACTS = "artifacts"  # taken from a `bpfdeploy build --out` directory, digests checked
+
+
 @dataclass(frozen=True, slots=True)
 class BuiltObject:
     name: str  # object name in the manifest
     path: Path  # the ELF file to load
-    digest: str  # sha256 hex of everything that decides its bytes
-    built: bool  # clang ran for it in this call (False: cache hit or prebuilt)
+    digest: str  # sha256 hex of everything that decides its bytes (the same for a local build and an artifact)
+    built: bool  # clang ran for it in this call (False: cache hit, prebuilt or artifact)
+    origin: ObjectOrigin = ObjectOrigin.LOCAL
+
+
+def clang_identity() -> str:
+    """What the digest knows of the compiler: its real path, size and modification time."""
+    return _clang_identity()
+
+
+def btf_identity() -> str:
+    """What the digest of a `vmlinux_h` object knows of the kernel: its release and BTF size."""
+    return _btf_identity()
 
 
 def _clang_identity() -> str:
@@ -88,30 +112,62 @@ def local_headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
     return sorted(found)
 
 
-def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
+def inputs_digest(obj: ObjectSpec) -> str:
+    """The digest of a `source` object's own inputs, without the compiler and the kernel.
+
+    Covers the source, the local headers it includes (by name and bytes), the vmlinux_h
+    switch and every clang argument, with the source's directory written as ``$SRC`` and
+    include directories relative to it, so that the same tree gives the same digest wherever
+    it is checked out.
+    """
     h = hashlib.sha256()
-    h.update(BUILD_FORMAT.encode())
-    if obj.file is not None:
-        h.update(b"file\0" + obj.file.read_bytes())
-        return h.hexdigest()
-    h.update(b"\0clang\0" + (clang_id or _clang_identity()).encode())
+    h.update(INPUTS_FORMAT.encode())
     h.update(b"\0source\0" + obj.source.read_bytes())
     for header in local_headers(obj.source, obj.include_dirs):
         h.update(b"\0header\0" + header.name.encode() + b"\0" + header.read_bytes())
-    for part in _clang_args(obj, Path("/vmlinux")):
+    for part in _portable_args(obj):
         h.update(b"\0arg\0" + part.encode())
-    if obj.vmlinux_h:
-        h.update(b"\0btf\0" + _btf_identity().encode())
+    h.update(b"\0vmlinux_h\0" + (b"1" if obj.vmlinux_h else b"0"))
     return h.hexdigest()
 
 
-def _clang_args(obj: ObjectSpec, vmlinux_dir: Path) -> list[str]:
+def source_digest(inputs: str, clang_id: str, btf_id: str | None) -> str:
+    """The build digest of a `source` object from its parts (artifacts.py checks them with this)."""
+    h = hashlib.sha256()
+    h.update(SOURCE_FORMAT.encode())
+    h.update(b"\0clang\0" + clang_id.encode())
+    h.update(b"\0inputs\0" + inputs.encode())
+    if btf_id is not None:
+        h.update(b"\0btf\0" + btf_id.encode())
+    return h.hexdigest()
+
+
+def file_digest(data: bytes) -> str:
+    """The build digest of a prebuilt `file` object: its bytes (its path does not count)."""
+    return hashlib.sha256(BUILD_FORMAT.encode() + b"file\0" + data).hexdigest()
+
+
+def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
+    if obj.file is not None:
+        return file_digest(obj.file.read_bytes())
+    return source_digest(inputs_digest(obj), clang_id or _clang_identity(),
+                         _btf_identity() if obj.vmlinux_h else None)
+
+
+def _portable_args(obj: ObjectSpec) -> list[str]:
+    """The clang arguments as the digest sees them: no absolute path of the source tree."""
+    base = obj.source.parent
+    return _clang_args(obj, Path("$VMLINUX"), lambda d: "$SRC" if d == base else "$SRC/" + os.path.relpath(d, base))
+
+
+def _clang_args(obj: ObjectSpec, vmlinux_dir: Path, tree_path: Callable[[Path], str] = str) -> list[str]:
+    """clang's arguments; tree_path writes the directories of the source tree (the digest writes them relative)."""
     arch, multiarch = _ARCH.get(os.uname().machine, ("x86", "x86_64-linux-gnu"))
     args = ["-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", f"-I/usr/include/{multiarch}",
-            f"-I{obj.source.parent}"]
+            f"-I{tree_path(obj.source.parent)}"]
     if obj.vmlinux_h:
         args.append(f"-I{vmlinux_dir}")
-    args += [f"-I{d}" for d in obj.include_dirs]
+    args += [f"-I{tree_path(d)}" for d in obj.include_dirs]
     args += [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in obj.defines]
     args += list(obj.cflags)
     return args

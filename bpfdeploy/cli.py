@@ -39,13 +39,28 @@ def _parser() -> argparse.ArgumentParser:
                                                        "or $BPFDEPLOY_STATE_DIR)")
         return p
 
-    common(sub.add_parser("validate", help="check a manifest and report every problem"))
-    p = common(sub.add_parser("plan", help="show what apply would change"))
+    def from_artifacts(p):
+        p.add_argument("--artifacts", type=Path, metavar="DIR",
+                       help="take the objects from DIR (made by 'bpfdeploy build --out DIR') instead of building: "
+                            "no clang; every digest is checked first")
+        p.add_argument("--allowed-signers", type=Path, metavar="FILE",
+                       help="with --artifacts: require a good signature by a key of this ssh allowed_signers file")
+        return p
+
+    from_artifacts(common(sub.add_parser("validate", help="check a manifest and report every problem")))
+    p = common(sub.add_parser("build", help="build every object of the manifest into a directory of artifacts, "
+                                            "for 'apply --artifacts' on hosts without clang"))
+    p.add_argument("--out", type=Path, metavar="DIR", required=True,
+                   help="where the objects and their index of digests (artifacts.json) are written")
+    p.add_argument("--sign-key", type=Path, metavar="KEY",
+                   help="sign the index with this ssh private key (ssh-keygen -Y sign, namespace bpfdeploy)")
+    p = from_artifacts(common(sub.add_parser("plan", help="show what apply would change")))
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes pending, 1: error")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--out", type=Path, metavar="FILE", help="save the plan, with a fingerprint of the live state, "
                                                              "for 'bpfdeploy apply FILE'")
-    p = common(sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved plan)"))
+    p = from_artifacts(common(sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved "
+                                                           "plan)")))
     p.add_argument("--check", action="store_true", help="plan only; change nothing")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
@@ -62,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="measure run counts and run time over a window (default 1 s) with kernel.bpf_stats_enabled")
     p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                    help="refresh a live table every SECONDS (default 2) until Ctrl-C")
+    from_artifacts(p)
     p = sub.add_parser("dump", help="a deployment map's entries, formatted through BTF")
     p.add_argument("deployment", help="deployment name or manifest file")
     p.add_argument("map", help="map name")
@@ -86,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
     p.add_argument("--cache-dir", type=Path, help="where probes are cached (default $BPFDEPLOY_PROBE_CACHE, "
                                                   "else <build cache>/probe)")
-    p = common(probe_sub.add_parser("check", help="does this manifest fit this host? exit 0 yes, 1 no"))
+    p = from_artifacts(common(probe_sub.add_parser("check", help="does this manifest fit this host? exit 0 yes, 1 no")))
     p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
     p.add_argument("--cache-dir", type=Path, help="where probes are cached")
     return parser
@@ -96,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `bpfdeploy plan … | head` ends quietly
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "allowed_signers", None) is not None and args.artifacts is None:
+        parser.error("--allowed-signers needs --artifacts DIR (a local build is not signed)")
     if args.state_dir:
         os.environ["BPFDEPLOY_STATE_DIR"] = str(args.state_dir)
     try:
@@ -169,10 +188,15 @@ def _build_progress(args):
     return on_event
 
 
+def _artifact_args(args) -> dict:
+    """--artifacts/--allowed-signers as workflow keywords."""
+    return {"artifacts": args.artifacts, "allowed_signers": args.allowed_signers}
+
+
 def cmd_validate(args) -> int:
     from bpfdeploy.workflow import prepare
 
-    prepared = prepare(args.manifest, _build_progress(args))
+    prepared = prepare(args.manifest, _build_progress(args), **_artifact_args(args))
     d = prepared.desired
     if args.json:
         from bpfdeploy.render.replies import emit
@@ -192,7 +216,7 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from bpfdeploy.workflow import plan_deployment, save_plan
 
-    planned = plan_deployment(args.manifest, on_build=_build_progress(args))
+    planned = plan_deployment(args.manifest, on_build=_build_progress(args), **_artifact_args(args))
     p = planned.plan
     if args.out and not p.errors:
         save_plan(planned, args.out)
@@ -232,7 +256,8 @@ def cmd_apply(args, destroy: bool = False) -> int:
 
     applied = apply_deployment(args.manifest, destroy=destroy, check=getattr(args, "check", False),
                                lock_timeout=args.lock_timeout, on_build=_build_progress(args), on_wait=on_wait,
-                               on_plan=on_plan if human else None, on_step=human.step if human else None)
+                               on_plan=on_plan if human else None, on_step=human.step if human else None,
+                               **(_artifact_args(args) if not destroy else {}))
     if args.json:
         from bpfdeploy.render.replies import emit
 
@@ -268,7 +293,7 @@ def cmd_status(args) -> int:
 
             view.deployments(items)
         return ExitCode.OK
-    prepared = prepare(args.manifest, _build_progress(args))
+    prepared = prepare(args.manifest, _build_progress(args), **_artifact_args(args))
     if args.watch and not args.json:
         import time
 
@@ -346,6 +371,34 @@ def cmd_metrics(args) -> int:
     return ExitCode.OK
 
 
+def cmd_build(args) -> int:
+    from bpfdeploy.workflow import build_artifacts
+
+    output = build_artifacts(args.manifest, args.out, args.sign_key, on_build=_build_progress(args))
+    arts = output.artifacts
+    if args.json:
+        from bpfdeploy.render.replies import emit
+
+        emit({"directory": str(arts.directory), "index": str(arts.index), "deployment": arts.deployment,
+              "manifest_sha256": arts.manifest_sha256, "bpfdeploy_version": arts.bpfdeploy_version,
+              "signature": str(arts.signature) if output.signed else None,
+              "objects": [{"object": o.name, "file": str(o.path), "kind": o.kind.value, "sha256": o.sha256,
+                           "build_digest": o.digest, "built": o.name in output.built} for o in arts.objects]})
+        return ExitCode.OK
+    from bpfdeploy.render import human
+
+    human.out.print(f"Artifacts of deployment [cyan]{human.escape(arts.deployment)}[/] in {human.escape(str(arts.directory))}")
+    for o in arts.objects:
+        how = "built" if o.name in output.built else "prebuilt file" if o.kind.value == "file" else "from the build cache"
+        human.out.print(f"  {human.escape(o.name)}  {human.escape(str(o.path))}  sha256 {o.sha256[:16]}  ({how})")
+    human.out.print(f"  index {human.escape(str(arts.index))} (manifest sha256 {arts.manifest_sha256[:16]})")
+    if output.signed:
+        human.out.print(f"  signature {human.escape(str(arts.signature))}")
+    human.out.print(f"[green]Wrote[/] {len(arts.objects)} object(s); deploy with: bpfdeploy apply MANIFEST "
+                    f"--artifacts {human.escape(str(arts.directory))}")
+    return ExitCode.OK
+
+
 def cmd_probe(args) -> int:
     return {"features": cmd_probe_features, "check": cmd_probe_check}[args.probe_command](args)
 
@@ -371,7 +424,8 @@ def cmd_probe_features(args) -> int:
 def cmd_probe_check(args) -> int:
     from bpfdeploy.workflow import check_fit
 
-    features, diags = check_fit(args.manifest, _build_progress(args), args.refresh, args.cache_dir)
+    features, diags = check_fit(args.manifest, _build_progress(args), args.refresh, args.cache_dir,
+                                **_artifact_args(args))
     errors = [d for d in diags if d.severity == "error"]
     if args.json:
         from bpfdeploy.render.replies import emit
@@ -385,7 +439,7 @@ def cmd_probe_check(args) -> int:
     return ExitCode.ERROR if errors else ExitCode.OK
 
 
-_COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy,
+_COMMANDS = {"validate": cmd_validate, "build": cmd_build, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy,
              "probe": cmd_probe, "status": cmd_status, "dump": cmd_dump, "metrics": cmd_metrics}
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bpfdeploy.build import BuiltObject, build_all, cache_dir
-from bpfdeploy.desired import DesiredState, obj_origin, object_info, resolve
+from bpfdeploy.desired import DesiredState, object_info, resolve
 from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError, ManifestError
 from bpfdeploy.manifest import load_manifest
 from bpfdeploy.manifest.model import Manifest
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op plan's cost
+    from bpfdeploy.artifacts import ArtifactSet, BuildOutput, Provenance
     from bpfdeploy.kernel.apply import ApplyResult
     from bpfdeploy.kernel.live import LiveState
     from bpfdeploy.plan import Action, Plan
@@ -38,6 +39,7 @@ class Prepared:
     built: dict[str, BuiltObject]
     desired: DesiredState
     warnings: tuple[Diagnostic, ...]
+    provenance: Provenance | None = None  # set when the objects came from verified artifacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,49 +82,100 @@ def require_root() -> None:
         raise HostError("bpfdeploy needs root (CAP_BPF and CAP_SYS_ADMIN) to read and change BPF state")
 
 
-def prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False) -> Prepared:
+def prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False,
+            artifacts: Path | None = None, allowed_signers: Path | None = None) -> Prepared:
     """Load, build and resolve a manifest. Raises ManifestError/BuildError with every problem.
 
-    A manifest prepared before, whose files have not changed since, comes from the cache.
+    With ``artifacts`` (a directory made by ``bpfdeploy build --out``; the Ansible module's
+    ``artifacts:``), the objects are taken from it instead of being built, so no clang runs:
+    they are verified first (``artifacts.verify``: manifest and object digests, and the
+    signature when the manifest or ``allowed_signers`` requires one) and an ArtifactError
+    stops everything before any object is opened. The result's ``provenance`` says so.
+
+    A manifest prepared before, whose files have not changed since, comes from the cache
+    (one entry per artifact set, apart from the local build's; artifacts are verified again
+    on every use).
     """
-    if not destroy:
-        from bpfdeploy import prepared_cache
+    if destroy:
+        return _prepare(path, on_build, destroy=True)
+    from bpfdeploy import prepared_cache
 
-        cached = prepared_cache.load(path, cache_dir())
-        if cached is not None:
+    source = None
+    variant = b""
+    if artifacts is not None:
+        from bpfdeploy.artifacts import read_artifacts
+
+        source = read_artifacts(artifacts)
+        variant = source.fingerprint()
+    cached = prepared_cache.load(path, cache_dir(), variant)
+    if cached is not None:
+        if source is None:
             return cached
-        prepared = _prepare(path, on_build)
-        prepared_cache.store(path, cache_dir(), prepared)
-        return prepared
-    return _prepare(path, on_build, destroy=True)
+        import dataclasses
+
+        from bpfdeploy.artifacts import verify
+
+        return dataclasses.replace(cached, provenance=verify(source, cached.manifest, allowed_signers))
+    prepared = _prepare(path, on_build, source=source, allowed_signers=allowed_signers)
+    prepared_cache.store(path, cache_dir(), prepared, variant)
+    return prepared
 
 
-def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False) -> Prepared:
-    manifest, warnings = load_manifest(path, files_must_exist=not destroy)
+def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = False,
+             source: ArtifactSet | None = None, allowed_signers: Path | None = None,
+             for_build: bool = False) -> Prepared:
+    # With artifacts the host needs no sources or object files; `bpfdeploy build` on a controller
+    # needs them but not the target's cgroups, netns and binaries.
+    manifest, warnings = load_manifest(path, files_must_exist=not destroy and not for_build,
+                                       objects_must_exist=(not destroy and source is None) or for_build)
     if destroy:
         # Destroy needs the deployment's name and pin root only: nothing is built.
         empty = DesiredState(manifest.name, manifest.pin_root, (), (), ())
         return Prepared(manifest, {}, empty, tuple(warnings))
     cache = cache_dir()
-    built = build_all(manifest, on_build, cache)
+    provenance = None
+    if source is not None:
+        from bpfdeploy.artifacts import built_objects, verify
+
+        provenance = verify(source, manifest, allowed_signers)  # before libbpf opens any of the files
+        built = built_objects(source, manifest)
+    else:
+        built = build_all(manifest, on_build, cache)
     infos = {}
     problems = list(warnings)
     for name, b in built.items():
         try:
-            infos[name] = object_info(b, cache)
+            # An artifact's object info is not cached by build digest: the digest is the index's claim.
+            infos[name] = object_info(b, cache if source is None else None)
         except Exception as exc:  # an ELF libbpf cannot parse
-            from bpfdeploy.load_errors import open_failure_message
-
             obj = next(o for o in manifest.objects if o.name == name)
-            message, hint = open_failure_message(name, obj_origin(manifest, obj), exc, str(b.path))
-            problems.append(Diagnostic(message, str(manifest.file), f"objects.{name}", manifest.line_of(obj.where),
-                                       hint))
+            log = getattr(exc, "log", "")
+            problems.append(Diagnostic(f"cannot open BPF object {b.path.name}: {getattr(exc, 'message', exc)}"
+                                       + (f"\n{log}" if log else ""), str(manifest.file),
+                                       f"objects.{name}", manifest.line_of(obj.where)))
     if any(d.severity == "error" for d in problems):
         raise ManifestError(f"{path}: objects could not be opened", tuple(problems))
     desired, problems2 = resolve(manifest, built, infos)
     if desired is None:
         raise ManifestError(f"{path}: {len(problems2)} problem(s)", tuple(warnings) + tuple(problems2))
-    return Prepared(manifest, built, desired, tuple(warnings))
+    return Prepared(manifest, built, desired, tuple(warnings), provenance)
+
+
+def build_artifacts(manifest: Path, out: Path, sign_key: Path | None = None,
+                    on_build: BuildCallback | None = None) -> BuildOutput:
+    """`build`: build every object of the manifest into ``out`` with an index of digests, and sign it.
+
+    The manifest is checked as for a plan, except for what only the target has (cgroups,
+    network namespaces, traced binaries); objects that do not fit their manifest are refused
+    here, on the controller, rather than on every host.
+    """
+    from bpfdeploy.artifacts import BuildOutput, sign_artifacts, write_artifacts
+
+    prepared = _prepare(manifest, on_build, for_build=True)
+    artifacts = write_artifacts(prepared.manifest, prepared.built, out)
+    if sign_key is not None:
+        sign_artifacts(artifacts, sign_key)
+    return BuildOutput(artifacts, tuple(sorted(n for n, b in prepared.built.items() if b.built)), sign_key is not None)
 
 
 # -- the host gate -----------------------------------------------------------------------------
@@ -145,10 +198,12 @@ def gate(prepared: Prepared, manifest: Path, refresh: bool = False, probe_cache:
 
 
 def check_fit(manifest: Path, on_build: BuildCallback | None = None, refresh: bool = False,
-              probe_cache: Path | None = None) -> tuple[Features, list[Diagnostic]]:
+              probe_cache: Path | None = None, artifacts: Path | None = None,
+              allowed_signers: Path | None = None) -> tuple[Features, list[Diagnostic]]:
     """`probe check`: does this manifest fit this host? (diagnostics with severity error: no)"""
     require_root()
-    return gate(prepare(manifest, on_build), manifest, refresh, probe_cache)
+    return gate(prepare(manifest, on_build, artifacts=artifacts, allowed_signers=allowed_signers),
+                manifest, refresh, probe_cache)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -167,17 +222,20 @@ def plan_prepared(prepared: Prepared, manifest: Path, destroy: bool = False) -> 
         warnings = tuple(diags)  # what the probe cannot tell: shown, not blocking
     live = read_live_state(prepared.desired)
     result = plan(prepared.desired, live, str(manifest), destroy=destroy)
-    if warnings:
+    if warnings or prepared.provenance is not None:
         import dataclasses
 
-        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings)
+        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings,
+                                     artifacts=prepared.provenance.to_json() if prepared.provenance else None)
     return Planned(manifest, prepared, live, result, features)
 
 
-def plan_deployment(manifest: Path, *, destroy: bool = False, on_build: BuildCallback | None = None) -> Planned:
-    """`plan`: everything up to the plan, changing nothing."""
+def plan_deployment(manifest: Path, *, destroy: bool = False, on_build: BuildCallback | None = None,
+                    artifacts: Path | None = None, allowed_signers: Path | None = None) -> Planned:
+    """`plan`: everything up to the plan, changing nothing. ``artifacts``: see ``prepare``."""
     require_root()
-    return plan_prepared(prepare(manifest, on_build, destroy=destroy), manifest, destroy=destroy)
+    return plan_prepared(prepare(manifest, on_build, destroy=destroy, artifacts=artifacts,
+                                 allowed_signers=allowed_signers), manifest, destroy=destroy)
 
 
 # -- saved plans -------------------------------------------------------------------------------
@@ -237,8 +295,12 @@ def _check_saved(saved: dict, planned: Planned, path: Path) -> None:
 def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = False, lock_timeout: float = 60,
                      on_build: BuildCallback | None = None, on_wait: Callable[[str], None] | None = None,
                      on_plan: Callable[[Planned], None] | None = None,
-                     on_step: Callable[[Action], None] | None = None) -> Applied:
+                     on_step: Callable[[Action], None] | None = None,
+                     artifacts: Path | None = None, allowed_signers: Path | None = None) -> Applied:
     """`apply` / `destroy` (``manifest`` may be a saved plan file): lock, plan, carry the plan out.
+
+    ``artifacts``/``allowed_signers``: deploy objects built elsewhere (see ``prepare``); a digest
+    or signature that does not match raises ArtifactError before anything is changed.
 
     apply is called only when the plan has no errors, has changes and ``check`` is false, so
     check mode makes no mutating call by construction. Raises ApplyError after a rollback.
@@ -248,7 +310,8 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
     require_root()
     saved = None if destroy else read_saved_plan(manifest)
     source = Path(saved["manifest"]) if saved else manifest
-    prepared = prepare(source, on_build, destroy=destroy)
+    prepared = prepare(source, on_build, destroy=destroy, artifacts=None if destroy else artifacts,
+                       allowed_signers=allowed_signers)
     with deployment_lock(prepared.desired.name, lock_timeout, on_wait):
         planned = plan_prepared(prepared, source, destroy=destroy)
         if saved:

@@ -14,8 +14,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# Debian packages: the BPF tool chain, iproute2, and Python's venv.
-packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go)
+# Debian packages: the BPF tool chain, iproute2, and Python's venv; openssh-client for ssh-keygen
+# (signed artifacts: bpfdeploy build --sign-key, apply --allowed-signers); strace for the test that
+# proves a deploy from artifacts starts no clang.
+packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go openssh-client strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,11 +24,12 @@ def _resolve_shadows(problems: list[Diagnostic], schema_problems: list[Diagnosti
     return out
 
 
-def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist: bool = True
-                  ) -> tuple[Manifest, list[Diagnostic]]:
+def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist: bool = True,
+                  objects_must_exist: bool | None = None) -> tuple[Manifest, list[Diagnostic]]:
     """Parse, schema-check and semantically check a manifest.
 
     Returns the manifest and any warnings; raises ManifestError carrying every error found.
+    objects_must_exist: see ``checks.build_manifest`` (sources and object files only).
     """
     from bpfdeploy.host import cgroup2_root
     from bpfdeploy.manifest.checks import build_manifest
@@ -38,7 +39,7 @@ def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist:
     schema_problems = schema_diagnostics(raw)
     # The semantic checks run even on a document the schema refused (malformed items are
     # skipped), so that every problem is reported at once.
-    manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root(), files_must_exist)
+    manifest, problems = build_manifest(raw, cgroup_root or cgroup2_root(), files_must_exist, objects_must_exist)
     problems = _resolve_shadows(problems, schema_problems)
     if schema_problems:
         seen = {(d.path, d.message) for d in schema_problems}

@@ -19,6 +19,7 @@ from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.manifest.load import RawManifest
 from bpfdeploy.manifest.model import (
     DEFAULT_PIN_BASE,
+    ArtifactPolicy,
     AttachMode,
     AttachmentSpec,
     CgroupTarget,
@@ -38,23 +39,27 @@ NETNS_DIR = Path("/var/run/netns")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool = True
-                   ) -> tuple[Manifest | None, list[Diagnostic]]:
+def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool = True,
+                   objects_must_exist: bool | None = None) -> tuple[Manifest | None, list[Diagnostic]]:
     """The Manifest, or None with the diagnostics that prevent it.
 
     files_must_exist=False (for destroy) skips the checks that sources, object files, include
     directories and cgroups exist: removing a deployment must not depend on them.
+    objects_must_exist (default: files_must_exist) decides the checks of sources, object files
+    and include directories alone: a host deploying artifacts needs none of them, and
+    ``bpfdeploy build`` on a controller needs them but not the target's cgroups.
     """
+    if objects_must_exist is None:
+        objects_must_exist = files_must_exist
     data = raw.data
     problems: list[Diagnostic] = []
-    _control_characters(raw, data, (), problems)
 
     base = raw.path.resolve().parent
     name = data.get("name") if isinstance(data.get("name"), str) else "unnamed"
 
     pin_root = _pin_root(raw, data.get("pin_root"), name, problems) if isinstance(data.get("pin_root"), (str, type(None))) \
         else Path("/sys/fs/bpf/bpfdeploy") / name
-    objects = tuple(o for o in (_tolerant(_object, raw, ("objects", oname), problems, base, oname, odata, problems, files_must_exist)
+    objects = tuple(o for o in (_tolerant(_object, raw, ("objects", oname), problems, base, oname, odata, problems, objects_must_exist)
                                 for oname, odata in _items(data.get("objects"))) if o is not None)
 
     pins: dict[str, tuple] = {}
@@ -84,6 +89,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
         attachments.append(att)
 
     root_access = _access(raw, ("pin_root_access",), data.get("pin_root_access"), problems)
+    policy = _artifact_policy(raw, data.get("artifacts"), base, problems)
     if any(d.severity in ("error", SHADOW) for d in problems):
         return None, problems
     manifest = Manifest(file=raw.path, name=name, pin_root=pin_root, objects=objects, maps=maps,
@@ -91,8 +97,20 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
                         pin_root_access=root_access,
                         metrics=tuple(m for m in (_tolerant(_metric, raw, ("metrics", i), problems, i, m, problems) for i, m in
                                                   enumerate(data.get("metrics") if isinstance(data.get("metrics"), list)
-                                                            else ())) if m is not None))
+                                                            else ())) if m is not None),
+                        artifacts=policy)
     return manifest, problems
+
+
+def _artifact_policy(raw: RawManifest, data, base: Path, problems: list) -> ArtifactPolicy | None:
+    """The artifacts section (the schema has checked its shape; a malformed one is left to it)."""
+    if not isinstance(data, dict):
+        return None
+    signers = data.get("allowed_signers")
+    path = None
+    if isinstance(signers, str) and signers:
+        path = _safe_path(raw, ("artifacts", "allowed_signers"), signers, base, problems)
+    return ArtifactPolicy(require_signature=data.get("require_signature") is True, allowed_signers=path)
 
 
 def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:
@@ -109,39 +127,11 @@ def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:
                       labels=tuple(labels), where=where)
 
 
-FREE_TEXT = frozenset({"description", "help"})  # the only strings that may hold newlines and tabs
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _has_control(text: str) -> bool:
-    return bool(_CONTROL.search(text))
-
-
-def _control_characters(raw: RawManifest, value, where: tuple, problems: list) -> None:
-    """Every name (mapping key) and string of the document, free text aside, without control characters.
-
-    A newline or NUL in a pin root, a path or a name would reach bpffs, the kernel or tc: the
-    checks below skip such a value (it is reported here, once).
-    """
-    from bpfdeploy.manifest.load import control_character_message
-
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if _has_control(key):
-                problems.append(raw.diag(where, control_character_message(key)))
-            if key not in FREE_TEXT:
-                _control_characters(raw, item, where + (key,), problems)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _control_characters(raw, item, where + (i,), problems)
-    elif isinstance(value, str) and _has_control(value):
-        problems.append(raw.diag(where, control_character_message(value)))
-
-
 def _safe_path(raw: RawManifest, where: tuple, text: str, base: Path, problems: list) -> Path | None:
     """text as an absolute path, or None with a diagnostic when no file system call can take it."""
-    if _has_control(text):
-        return None  # reported by _control_characters
+    if "\0" in text:
+        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
+        return None
     try:
         return (base / text).resolve()
     except (OSError, RuntimeError, ValueError) as exc:
@@ -191,21 +181,17 @@ def _fmt(path: tuple) -> str:
 def _pin_root(raw: RawManifest, value: str | None, name: str, problems: list) -> Path:
     if value is None:
         return Path(DEFAULT_PIN_BASE) / name
-    root = Path(os.path.normpath(value))
-    if _has_control(value):
-        return root  # reported by _control_characters; no file system call may see it
-    # Once a path is known to be bad, nothing more is asked about it: bpffs answers EPERM to any
-    # lookup of a name with a dot, and the pin root is refused anyway.
-    if ".." in Path(value).parts or "." in value:
+    parts = Path(value).parts
+    if ".." in parts or "." in value:
         problems.append(raw.diag(("pin_root",), f"pin_root {value!r} may not contain '.' or '..'",
                                  "bpffs refuses names with a dot, and the pin root must stay inside /sys/fs/bpf"))
-        return root
+    root = Path(os.path.normpath(value))
     if root == BPFFS or BPFFS not in root.parents:
         problems.append(raw.diag(("pin_root",), f"pin_root {value!r} must be a directory below /sys/fs/bpf",
                                  f"for example {DEFAULT_PIN_BASE}/{name}"))
         return root
     for part in [*reversed(root.parents), root]:
-        if _is(Path.is_symlink, part):
+        if part.is_symlink():
             problems.append(raw.diag(("pin_root",), f"pin_root {value!r} goes through the symlink {part}",
                                      "a pin root must be a real directory inside /sys/fs/bpf"))
             break
@@ -445,8 +431,9 @@ def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, mus
     if ".." in Path(text).parts:
         problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
         return None
-    if _has_control(text):
-        return None  # reported by _control_characters
+    if "\0" in text:
+        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
+        return None
     path = Path(os.path.normpath(text)) if text.startswith("/") else Path(os.path.normpath(root / text))
     if path != root and root not in path.parents:
         problems.append(raw.diag(where, f"cgroup path {text!r} is outside the cgroup v2 mount {root}",

