@@ -267,7 +267,12 @@ def cmd_apply(args, destroy: bool = False) -> int:
             human.out.print(f"[yellow]warning[/]: {w}")
         human.out.print(f"[green]{'Destroy' if destroy else 'Apply'} complete.[/] "
                         f"{len(applied.result.done)} change(s) made.")
-    return ExitCode.ERROR if applied.planned.plan.errors else ExitCode.OK
+    if human and applied.partial:
+        names = ", ".join(name for name, _why in applied.skipped)
+        human.out.print(f"[yellow]Partial:[/] optional attachment(s) not made: {names} (exit {int(ExitCode.PARTIAL)})")
+    if applied.planned.plan.errors:
+        return ExitCode.ERROR
+    return ExitCode.PARTIAL if applied.partial else ExitCode.OK
 
 
 def cmd_destroy(args) -> int:

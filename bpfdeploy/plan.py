@@ -94,6 +94,8 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = ()  # errors stop apply; warnings (conflicts) are shown
     conflicts: tuple[str, ...] = field(default=())
     artifacts: dict | None = None  # where the objects came from when not built here (artifacts.Provenance)
+    # (attachment name, why) of optional attachments left out because their hook cannot be used
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -114,7 +116,8 @@ class Plan:
                 "summary": self.counts(), "changes": bool(self.changes),
                 "actions": [a.to_json() for a in self.actions],
                 "conflicts": list(self.conflicts), "diagnostics": [d.to_json() for d in self.diagnostics],
-                "artifacts": self.artifacts}
+                "artifacts": self.artifacts,
+                "skipped": [{"attachment": name, "reason": why} for name, why in self.skipped]}
 
 
 def plan(desired: DesiredState, live: LiveState, manifest_file: str = "", destroy: bool = False) -> Plan:
@@ -138,6 +141,8 @@ class _Planner:
         self.new_programs: set[str] = set()  # pin names loaded anew (create or replace)
         self.explained: set[str] = set()  # live pins that a desired object accounts for
         self.gone = "no longer in the manifest"
+        self.skipped: list[tuple[str, str]] = []  # optional attachments left out, and why
+        self.missing_cgroups: set[str] = set()  # cgroups that neither exist nor are created
 
     def run(self) -> Plan:
         for other, root in self.live.overlapping:
@@ -156,7 +161,8 @@ class _Planner:
         self._access()
         self._leftovers()
         actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
-        return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts))
+        return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts),
+                    skipped=tuple(self.skipped))
 
     # -- cgroups
     def _cgroups(self) -> None:
@@ -172,6 +178,10 @@ class _Planner:
                                            "the manifest asks for it and it does not exist", after=a.target,
                                            desired=a.target))
             elif not exists:
+                self.missing_cgroups.add(a.target)
+                users = [x for x in self.d.attachments if x.kind is HookKind.CGROUP and x.target == a.target]
+                if all(x.optional for x in users):
+                    continue  # each optional attachment on it is skipped with a warning
                 self.diags.append(Diagnostic(f"cgroup {a.target} does not exist", self.file, format_path(a.where),
                                              hint="create it, or set create: true on the attachment's cgroup"))
         for a in self.d.attachments:
@@ -264,9 +274,35 @@ class _Planner:
 
     # -- attachments
     def _attachment(self, a: DesiredAttachment) -> None:
+        if not a.optional:
+            self._plan_attachment(a)
+            return
+        if a.kind is HookKind.CGROUP and a.target in self.missing_cgroups:
+            self._skip(a, f"cgroup {a.target} does not exist")
+            return
+        # An optional attachment whose hook cannot be used is left out with a warning, instead
+        # of stopping the plan: its errors become the reason it is skipped.
+        diags, actions, qdiscs = len(self.diags), len(self.actions), set(self.qdiscs)
+        self._plan_attachment(a)
+        errors = [d for d in self.diags[diags:] if d.severity == "error"]
+        if errors:
+            self.diags[diags:] = [d for d in self.diags[diags:] if d.severity != "error"]
+            del self.actions[actions:]
+            self.qdiscs = qdiscs
+            self._skip(a, "; ".join(d.message for d in errors))
+
+    def _skip(self, a: DesiredAttachment, why: str) -> None:
+        self.explained.add(str(a.pin))  # a link of it that is still pinned is kept, not deleted
+        self.skipped.append((a.name, why))
+        self.diags.append(Diagnostic(f"optional attachment {a.name!r} is skipped: {why}", self.file,
+                                     format_path(a.where), severity="warning",
+                                     hint="apply makes the rest and exits 5 (PARTIAL); the next apply tries again"))
+
+    def _plan_attachment(self, a: DesiredAttachment) -> None:
         address = f"attach/{a.name}"
         prog_changed = a.program in self.new_programs
-        after = f"{a.program} -> {a.hook_text()}" + (f" ({a.mode.value})" if a.mode is not AttachMode.LINK else "")
+        after = f"{a.program} -> {a.hook_text()}" + (f" ({a.mode.value})" if a.mode is not AttachMode.LINK else "") \
+            + (" (optional)" if a.optional else "")
         key = hook_key(a.kind, a.target, a.attach_type.value)
         hook = self.live.hooks.get(key)
         live_prog = self.live.programs.get(str(self.d.program(a.program).pin))

@@ -74,6 +74,16 @@ class Applied:
     def changed(self) -> bool:
         return self.result is not None and bool(self.result.done)
 
+    @property
+    def skipped(self) -> tuple[tuple[str, str], ...]:
+        """(name, why) of optional attachments that the plan left out or that failed in apply."""
+        return tuple(self.planned.plan.skipped) + tuple(self.result.skipped if self.result else ())
+
+    @property
+    def partial(self) -> bool:
+        """Applied (or nothing to do) but an optional attachment is missing: exit PARTIAL."""
+        return bool(self.skipped) and not self.planned.plan.errors and not self.destroy
+
 
 # -- preparing ---------------------------------------------------------------------------------
 
@@ -360,5 +370,6 @@ def summary(applied: Applied) -> dict[str, Any]:
         return out
     r = applied.result
     out.update(done=list(r.done) if r else [], warnings=list(r.warnings) if r else [],
-               mutations=r.mutations if r else 0, commands=commands_run())
+               mutations=r.mutations if r else 0, commands=commands_run(), partial=applied.partial,
+               skipped=[{"attachment": name, "reason": why} for name, why in applied.skipped])
     return out

@@ -33,6 +33,7 @@ class ApplyResult:
     done: list[str] = field(default_factory=list)  # "create prog/x", in order
     warnings: list[str] = field(default_factory=list)
     mutations: int = 0  # kernel-changing calls made (0 for a no-op plan)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # optional attachments that failed, and why
 
 
 class _Undo:
@@ -100,6 +101,7 @@ class _Run:
         self.digests: dict[str, str] = {}
         self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
         self.journal = Journal(desired.name, state_dir)
+        self.skipped: set[str] = set()  # optional attachments that failed in this run
         # Test hooks (fail at a step, or pause there so a test can kill the process), read once.
         self.fail_at = os.environ.get("BPFDEPLOY_FAIL_AT")
         self.pause_at = os.environ.get("BPFDEPLOY_PAUSE_AT")
@@ -162,7 +164,10 @@ class _Run:
                 self._qdisc(a)
         for a in actions:
             if a.resource is Resource.ATTACHMENT:
-                self._attachment(a)
+                if isinstance(a.desired, DesiredAttachment) and a.desired.optional:
+                    self._optional_attachment(a)
+                else:
+                    self._attachment(a)
         for a in actions:
             if a.resource is Resource.ACCESS and a.kind is Kind.UPDATE:
                 self._access(a)
@@ -452,6 +457,37 @@ class _Run:
         self.created_qdiscs.add(att.target)
         self._done(a)
 
+    def _optional_attachment(self, a: Action) -> None:
+        """An attachment whose failure is a warning: its own steps are undone, the rest goes on."""
+        att: DesiredAttachment = a.desired
+        marks = len(self.undo.steps), len(self.renames), len(self.plan_deletes_extra)
+        try:
+            self._attachment(a)
+        except Exception as exc:  # KeyboardInterrupt and the like still roll everything back
+            steps = self.undo.steps[marks[0]:]
+            del self.undo.steps[marks[0]:], self.renames[marks[1]:], self.plan_deletes_extra[marks[2]:]
+            for what, fn in reversed(steps):
+                try:
+                    fn()
+                except Exception as undo_exc:
+                    self.result.warnings.append(f"undo '{what}' of optional attachment {att.name!r} failed: {undo_exc}")
+            old = self._previous_legacy(a)
+            if old is not None:  # the old attach is still in place: keep it in the record
+                self.legacy[att.name] = old
+            why = str(exc) if not isinstance(exc, KernelError) or not exc.log else f"{exc}: {exc.log.strip()[-300:]}"
+            self.result.skipped.append((att.name, why))
+            self.result.warnings.append(f"optional attachment {att.name!r} was not made: {why}")
+            self.skipped.add(att.name)
+        finally:
+            self.current = ""
+
+    @staticmethod
+    def _previous_legacy(a: Action) -> LegacyAttachment | None:
+        if a.kind is Kind.CREATE:
+            return None
+        found = [d for d in a.details if isinstance(d, LegacyAttachment)]
+        return found[0] if found else None
+
     def _attachment(self, a: Action) -> None:
         att: DesiredAttachment = a.desired
         if att.attach_type.tc_filter:
@@ -644,6 +680,16 @@ class _Run:
 
         targets = {a.name: link_target(a, self.live.hooks.get((a.kind.value, a.target, a.attach_type.value)))
                    for a in self.d.attachments if not a.mode.legacy and not a.attach_type.tc_filter}
+        old_targets = self.live.record.link_targets if self.live.record else {}
+        skipped = self.skipped | {name for name, _why in self.plan.skipped}
+        for name in skipped & set(targets):  # not made now: what the record knew of it stays
+            if name in old_targets:
+                targets[name] = old_targets[name]
+            else:
+                del targets[name]
+        for old in (self.live.record.legacy if self.live.record else ()):
+            if old.name in skipped and old.name not in self.legacy:
+                self.legacy[old.name] = old
         record = Record(name=self.d.name, pin_root=str(self.d.pin_root), boot_id=boot_id(),
                         digests=self.digests, legacy=tuple(self.legacy.values()),
                         created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file,

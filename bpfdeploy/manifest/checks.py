@@ -388,7 +388,8 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
                           map=data.get("map"), netns=netns, mode=mode, where=where, device=data.get("device"),
                           xdp_mode=data.get("xdp_mode"), priority=data.get("priority", 1), handle=data.get("handle", 1),
                           trace_target=data.get("target"), binary=binary, symbol=data.get("symbol"),
-                          offset=data.get("offset"), pid=data.get("pid"))
+                          offset=data.get("offset"), pid=data.get("pid"),
+                          optional=bool(data.get("optional", False)))
 
 
 _TARGET_FIELDS = ("cgroup", "map", "netns", "device", "xdp_mode", "priority", "handle", "target", "binary", "symbol",

@@ -143,6 +143,7 @@ class AttachmentSpec:
     symbol: str | None = None
     offset: int | None = None
     pid: int | None = None
+    optional: bool = False  # its failure is a warning and the rest is applied (exit PARTIAL)
 
     @property
     def kind(self) -> HookKind:

@@ -90,6 +90,8 @@ class DesiredAttachment:
     symbol: str | None = None
     offset: int | None = None
     pid: int | None = None
+    # optional: a failure to attach it is a warning (apply exits PARTIAL) instead of a rollback
+    optional: bool = False
 
     @property
     def kind(self) -> HookKind:

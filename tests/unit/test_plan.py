@@ -588,3 +588,24 @@ def test_pin_access_of_a_new_pin_is_not_a_separate_action():
     p = plan(state, live_state(without=(f"maps/{name}",)))
     assert by_address(p)[f"map/{name}"].kind is Kind.CREATE
     assert not [a for a in p.actions if a.resource is Resource.ACCESS]
+
+
+# ---------------------------------------------------------------- optional attachments
+
+
+def test_optional_attachment_on_a_missing_cgroup_is_skipped_with_a_warning():
+    state = desired()
+    first = state.attachments[0]
+    missing = "/sys/fs/cgroup/unified/nowhere"
+    state = with_attachment(state, first.name, target=missing, create_cgroup=False, optional=True)
+    p = plan(state, live_state())
+    assert p.errors == ()
+    assert p.skipped == ((first.name, f"cgroup {missing} does not exist"),)
+    assert f"attach/{first.name}" not in by_address(p)
+    assert any(d.severity == "warning" and "is skipped" in d.message for d in p.diagnostics)
+    assert p.to_json()["skipped"] == [{"attachment": first.name, "reason": f"cgroup {missing} does not exist"}]
+    # Its link, still pinned, is not deleted as "no longer in the manifest".
+    assert not [a for a in p.actions if a.kind is Kind.DELETE and a.address == f"attach/{first.name}"]
+
+    required = with_attachment(desired(), first.name, target=missing, create_cgroup=False)
+    assert [d.message for d in plan(required, live_state()).errors] == [f"cgroup {missing} does not exist"]
