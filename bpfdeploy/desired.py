@@ -20,9 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bpfdeploy import hooks
-from bpfdeploy.build import BuiltObject
+from bpfdeploy.build import BuiltObject, ObjectOrigin
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import HookKind
+from bpfdeploy.load_errors import bad_map_definitions
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import EntriesPolicy, Manifest
 # The desired types live in the model; re-exported here for the modules that build them.
@@ -66,6 +67,15 @@ def object_info(built: BuiltObject, cache: Path | None):
     return info
 
 
+def obj_origin(manifest: Manifest, obj) -> str:
+    """An object's source or file, relative to the manifest's directory when it is below it."""
+    path = Path(obj.source or obj.file)
+    try:
+        return str(path.relative_to(Path(manifest.file).resolve().parent))
+    except ValueError:
+        return str(path)
+
+
 def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             infos: dict) -> tuple[DesiredState | None, list[Diagnostic]]:
     """Join the manifest with its objects; every problem is collected."""
@@ -89,6 +99,8 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                 diag(obj.where + ("maps", inner), f"object {obj.name!r} has no map named {inner!r}",
                      _choices(inner, public_maps))
         bindings = tuple((m, obj.deployment_map_name(m)) for m in sorted(public_maps))
+        for map_name, reason in bad_map_definitions(info.maps):  # libbpf creates every map: refuse before load
+            diag(obj.where, f"object {obj.name!r} ({obj_origin(manifest, obj)}) cannot load: {reason}")
         for inner, outer in bindings:
             m = public_maps[inner]
             geometry = MapGeometry(m.type, m.key_size, m.value_size, m.max_entries, m.flags)
@@ -144,7 +156,8 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                 pin_name=spec.pin, pin=root / "progs" / spec.pin, object=obj.name, function=spec.function,
                 prog_type=prog_type, type_override=hooks.PROG_TYPES[spec.type_override] if spec.type_override else None,
                 expected_attach_type=expected, digest=digest, object_path=built_obj.path, maps=bindings,
-                globals=global_values, access=spec.access, origin=built_obj.origin.value))
+                globals=global_values, access=spec.access, origin=obj_origin(manifest, obj),
+                from_artifacts=built_obj.origin is ObjectOrigin.ARTIFACTS))
             for _inner, outer in bindings:
                 map_users.setdefault(outer, []).append(spec.pin)
     seen_pins: set[str] = set()

@@ -127,6 +127,19 @@ def plan(desired: DesiredState, live: LiveState, manifest_file: str = "", destro
     return p.run()
 
 
+LAYOUT = ("links", "progs", "maps")  # the only directories bpfdeploy pins in, one level deep
+
+
+def _in_layout(root: Path, pin: str) -> bool:
+    parts = Path(pin).relative_to(root).parts
+    return len(parts) == 2 and parts[0] in LAYOUT
+
+
+def pin_address(root: Path, pin: str) -> str:
+    """How a pin is named in a plan: its path relative to the pin root (maps/sub/x, never x)."""
+    return str(Path(pin).relative_to(root))
+
+
 class _Planner:
     def __init__(self, desired: DesiredState, live: LiveState, file: str):
         self.d, self.live, self.file = desired, live, file
@@ -149,7 +162,7 @@ class _Planner:
             self.diags.append(Diagnostic(
                 f"pin root {self.d.pin_root} overlaps deployment {other!r} (pin root {root})", self.file, "pin_root",
                 hint="every deployment needs a pin root of its own, neither inside nor around another's"))
-        if self.live.overlapping:
+        if self.live.overlapping or self._unsafe_pin_root():
             return Plan(self.d.name, str(self.d.pin_root), (), tuple(self.diags))
         self._cgroups()
         for m in self.d.maps:
@@ -163,6 +176,30 @@ class _Planner:
         actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
         return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts),
                     skipped=tuple(self.skipped))
+
+    # -- confinement: nothing is planned in a pin root that is not wholly the deployment's
+    def _unsafe_pin_root(self) -> bool:
+        """Report symlinks, foreign mounts and pins the record does not own; True if there are any.
+
+        A symlink would send pins (and their removal) outside the pin root; a pin bpfdeploy did not
+        make is someone else's, and bpfdeploy removes nothing it did not create.
+        """
+        for path, what in self.live.unsafe:
+            self.diags.append(Diagnostic(
+                f"{path} {what}: the pin root must be real directories on bpffs", self.file, "pin_root",
+                hint="remove it (bpfdeploy follows no symlink and changes nothing until it is gone), "
+                     "or choose another pin root"))
+        record = self.live.record
+        root = Path(self.d.pin_root)
+        for pin in self.live.pinned:
+            if record is not None and record.owns_pin(pin) and _in_layout(root, pin):
+                continue
+            self.diags.append(Diagnostic(
+                f"{pin_address(root, pin)} ({pin}) is inside the pin root but was not made by bpfdeploy: "
+                f"the record of deployment {self.d.name!r} does not list it", self.file, "pin_root",
+                hint="bpfdeploy removes nothing it did not create: move that pin away (or remove it yourself), "
+                     "or choose a pin root of the deployment's own"))
+        return bool(self.diags)
 
     # -- cgroups
     def _cgroups(self) -> None:
@@ -234,7 +271,7 @@ class _Planner:
         address = f"prog/{p.pin_name}"
         live = self.live.programs.get(str(p.pin))
         self.explained.add(str(p.pin))
-        after = f"{p.prog_type} {p.function} from {p.object} ({'artifact' if p.origin == 'artifacts' else 'build'} {p.digest[:12]})"
+        after = f"{p.prog_type} {p.function} from {p.object} ({'artifact' if p.from_artifacts else 'build'} {p.digest[:12]})"
         if live is None:
             self.actions.append(Action(Kind.CREATE, Resource.PROGRAM, address, "not pinned yet", desired=p, after=after))
             self.new_programs.add(p.pin_name)
@@ -549,22 +586,23 @@ class _Planner:
         leftovers = sorted((p for p in self.live.pinned if p not in self.explained),
                            key=lambda p: (order.get(Path(p).relative_to(root).parts[0], 3), p))
         for pin in leftovers:
-            rel = str(Path(pin).relative_to(root))
+            rel = pin_address(Path(root), pin)
             top = Path(rel).parts[0]
+            direct = len(Path(rel).parts) == 2  # maps/sub/x is not map/x: only a direct child is named by kind
             staged = pin.endswith(STAGING_SUFFIX)
-            if staged and top in ("links", "progs", "maps"):
+            if staged and direct and top in ("links", "progs", "maps"):
                 # Garbage of a killed apply: removed first, so that staging can use the name again.
                 self.cleanup.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}", "left over from an interrupted apply",
                                            live_pin=pin, details=("early",)))
-            elif top == "links" and pin in self.live.links:
+            elif top == "links" and direct and pin in self.live.links:
                 link = self.live.links[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}", self.gone,
                                            live_pin=pin, live_id=link.id, before=f"link id {link.id}"))
-            elif top == "progs" and pin in self.live.programs:
+            elif top == "progs" and direct and pin in self.live.programs:
                 prog = self.live.programs[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.PROGRAM, f"prog/{Path(pin).name}", self.gone,
                                            live_pin=pin, live_id=prog.id, before=f"{prog.type} {prog.name} id {prog.id}"))
-            elif top == "maps" and pin in self.live.maps:
+            elif top == "maps" and direct and pin in self.live.maps:
                 m = self.live.maps[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.MAP, f"map/{Path(pin).name}",
                                            f"{self.gone} (its contents are dropped)",

@@ -4,8 +4,13 @@ Preparing a manifest (parse, schema and semantic checks, source digests, object 
 resolution) is pure given its inputs, so its result is kept, pickled, under a key made of the
 manifest's bytes, and is used again only while every file it was made from is unchanged:
 the manifest, the schema, every source, header, object file and include directory (by size,
-mtime and inode), the clang binary, the kernel's BTF, and bpfdeploy's own code. Anything else
-(cgroups, devices, pins) is read live by every plan anyway.
+mtime and inode), the clang binary, the kernel's BTF, and bpfdeploy's own code.
+
+The checks also look at paths they do not read: a uprobe's `binary` must exist, a cgroup named
+without `create` must exist, and an existing cgroup must not lead out of the cgroup mount. Those
+paths are stamped by presence (what they are and where they lead, not their mtime: a cgroup's
+directory changes whenever a process or child cgroup comes and goes), so removing one sends
+`validate` back through the checks. Anything else (devices, netns, pins) is read live by every plan.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import pickle
 from pathlib import Path
 
-FORMAT = b"bpfdeploy-prepared-1"
+FORMAT = b"bpfdeploy-prepared-2"
 _CODE_DIR = Path(__file__).resolve().parent
 
 
@@ -25,6 +30,31 @@ def _stamp(path: str) -> tuple:
     except OSError:
         return (path, None)
     return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _presence(path: str, must_exist: bool = True) -> tuple:
+    """What a path is and where it leads, for checks that only ask whether it exists (and is inside a mount).
+
+    must_exist False (a cgroup with `create`): only where it leads counts, so that the apply that
+    creates it does not throw the prepared manifest away.
+    """
+    if not must_exist:
+        return (path, must_exist, os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, must_exist, None)
+    return (path, must_exist, "dir" if os.path.isdir(path) else "file", st.st_ino, os.path.realpath(path))
+
+
+def _presence_paths(prepared) -> list[tuple[str, bool]]:
+    paths = []
+    for att in prepared.manifest.attachments:
+        if att.cgroup is not None:
+            paths.append((str(att.cgroup.path), not att.cgroup.create))
+        if att.binary is not None:
+            paths.append((str(att.binary), True))
+    return paths
 
 
 def _code_stamps() -> list[tuple]:
@@ -68,10 +98,11 @@ def load(manifest: Path, cache: Path, variant: bytes = b""):
     """The prepared manifest if nothing it was made from has changed, else None."""
     try:
         with open(_key(manifest, cache, variant), "rb") as fh:
-            inputs, code, prepared = pickle.load(fh)
+            inputs, presence, code, prepared = pickle.load(fh)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
         return None
-    if code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs):
+    if code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs) \
+            or any(_presence(stamp[0], stamp[1]) != stamp for stamp in presence):
         return None
     return prepared
 
@@ -84,10 +115,11 @@ def store(manifest: Path, cache: Path, prepared, variant: bytes = b"") -> None:
 
             prepared = dataclasses.replace(prepared, provenance=None)  # verified again at every use
         inputs = [_stamp(f) for f in _inputs(prepared)]
+        presence = [_presence(p, must) for p, must in _presence_paths(prepared)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
-            pickle.dump((inputs, _code_stamps(), prepared), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((inputs, presence, _code_stamps(), prepared), fh, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         pass  # no cache: prepare in full next time

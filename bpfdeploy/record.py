@@ -59,6 +59,16 @@ class Record:
     # link name -> the hook it was made for, where the kernel does not say (device, tracepoint, uprobe)
     link_targets: dict = field(default_factory=dict)
     created_qdiscs: tuple[str, ...] = ()  # "device[@netns file]" where we added the clsact qdisc
+    # Every pin the deployment made under its pin root. A pin the record does not list is not
+    # ours: the planner refuses it instead of deleting it. None: a record written before pins were
+    # recorded (same boot), which vouches for the layout (maps/, progs/, links/) as it used to.
+    pins: tuple[str, ...] | None = ()
+    # Directories above the pin root that apply created (destroy removes those, when empty, and
+    # keeps every directory it did not create, /sys/fs/bpf/bpfdeploy included).
+    created_dirs: tuple[str, ...] = ()
+
+    def owns_pin(self, pin: str) -> bool:
+        return self.pins is None or pin in self.pins
 
     def digest_of(self, prog_id: int) -> str | None:
         return self.digests.get(str(prog_id))
@@ -67,7 +77,9 @@ class Record:
         return {"format": RECORD_FORMAT, "name": self.name, "pin_root": self.pin_root, "boot_id": self.boot_id,
                 "manifest": self.manifest, "digests": dict(sorted(self.digests.items(), key=lambda kv: int(kv[0]))),
                 "legacy": [vars_of(a) for a in self.legacy], "created_cgroups": list(self.created_cgroups),
-                "link_targets": dict(sorted(self.link_targets.items())), "created_qdiscs": list(self.created_qdiscs)}
+                "link_targets": dict(sorted(self.link_targets.items())), "created_qdiscs": list(self.created_qdiscs),
+                **({"pins": sorted(self.pins)} if self.pins is not None else {}),
+                "created_dirs": list(self.created_dirs)}
 
 
 def vars_of(a: LegacyAttachment) -> dict:
@@ -111,6 +123,7 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
         return record
     digests, legacy, cgroups = dict(record.digests), {a.name: a for a in record.legacy}, set(record.created_cgroups)
     targets, qdiscs = dict(record.link_targets), set(record.created_qdiscs)
+    pins, dirs = (set(record.pins) if record.pins is not None else None), set(record.created_dirs)
     for line in lines:
         try:
             entry = json.loads(line)
@@ -126,6 +139,11 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
             targets[entry["link_target"][0]] = entry["link_target"][1]
         elif "qdisc" in entry:
             qdiscs.add(entry["qdisc"])
+        elif "pin" in entry:  # written before the pin is made, so a kill leaves nothing unowned
+            if pins is not None:
+                pins.add(str(entry["pin"]))
+        elif "dir" in entry:
+            dirs.add(str(entry["dir"]))
         elif "legacy" in entry:
             try:
                 a = LegacyAttachment(**entry["legacy"])
@@ -133,7 +151,8 @@ def _with_journal(record: Record, directory: Path | None) -> Record:
             except TypeError:
                 continue
     return Record(record.name, record.pin_root, record.boot_id, digests, tuple(legacy.values()),
-                  tuple(sorted(cgroups)), record.manifest, targets, tuple(sorted(qdiscs)))
+                  tuple(sorted(cgroups)), record.manifest, targets, tuple(sorted(qdiscs)),
+                  tuple(sorted(pins)) if pins is not None else None, tuple(sorted(dirs)))
 
 
 def read_record(name: str, pin_root: str, directory: Path | None = None, current_boot: str | None = None) -> Record:
@@ -156,7 +175,9 @@ def _read_record_file(name: str, pin_root: str, directory: Path | None, current_
                       legacy=tuple(LegacyAttachment(**a) for a in data.get("legacy", ())),
                       created_cgroups=tuple(data.get("created_cgroups", ())), manifest=data.get("manifest", ""),
                       link_targets={str(k): str(v) for k, v in data.get("link_targets", {}).items()},
-                      created_qdiscs=tuple(data.get("created_qdiscs", ())))
+                      created_qdiscs=tuple(data.get("created_qdiscs", ())),
+                      pins=tuple(map(str, data["pins"])) if "pins" in data else None,
+                      created_dirs=tuple(map(str, data.get("created_dirs", ()))))
     except (TypeError, KeyError):
         return empty
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bpfdeploy.build import BuiltObject, build_all, cache_dir
-from bpfdeploy.desired import DesiredState, object_info, resolve
+from bpfdeploy.desired import DesiredState, obj_origin, object_info, resolve
 from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError, ManifestError
 from bpfdeploy.manifest import load_manifest
 from bpfdeploy.manifest.model import Manifest
@@ -158,11 +158,12 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
             # An artifact's object info is not cached by build digest: the digest is the index's claim.
             infos[name] = object_info(b, cache if source is None else None)
         except Exception as exc:  # an ELF libbpf cannot parse
+            from bpfdeploy.load_errors import open_failure_message
+
             obj = next(o for o in manifest.objects if o.name == name)
-            log = getattr(exc, "log", "")
-            problems.append(Diagnostic(f"cannot open BPF object {b.path.name}: {getattr(exc, 'message', exc)}"
-                                       + (f"\n{log}" if log else ""), str(manifest.file),
-                                       f"objects.{name}", manifest.line_of(obj.where)))
+            message, hint = open_failure_message(name, obj_origin(manifest, obj), exc, str(b.path))
+            problems.append(Diagnostic(message, str(manifest.file), f"objects.{name}", manifest.line_of(obj.where),
+                                       hint))
     if any(d.severity == "error" for d in problems):
         raise ManifestError(f"{path}: objects could not be opened", tuple(problems))
     desired, problems2 = resolve(manifest, built, infos)

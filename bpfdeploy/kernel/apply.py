@@ -18,12 +18,12 @@ from typing import Callable, Iterator
 
 from bpfdeploy.desired import DesiredAttachment, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import ApplyError, KernelError
+from bpfdeploy.load_errors import load_failure_message, name_in_log
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
 from bpfdeploy.hooks import TC_EGRESS, TC_INGRESS
-from bpfdeploy.manifest.model import DEFAULT_PIN_BASE
 from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
                               write_record)
 
@@ -98,6 +98,10 @@ class _Run:
         self.legacy: dict[str, LegacyAttachment] = {}
         self.created_cgroups: set[str] = set(live.record.created_cgroups if live.record else ())
         self.created_qdiscs: set[str] = set(live.record.created_qdiscs if live.record else ())
+        self.created_dirs: set[str] = set(live.record.created_dirs if live.record else ())
+        # The pins this deployment owns (see Record.pins); every new one is journaled before it is made.
+        owned = live.record.pins if live.record else ()
+        self.pins: set[str] = set(live.pinned if owned is None else owned)
         self.digests: dict[str, str] = {}
         self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
         self.journal = Journal(desired.name, state_dir)
@@ -125,6 +129,13 @@ class _Run:
 
     def _journal(self, entry: dict) -> None:
         self.journal.append(entry)
+
+    def _own(self, *pins: str) -> None:
+        """Journal pins before they are made: after a kill, the next plan knows they are ours."""
+        for pin in pins:
+            if pin not in self.pins:
+                self._journal({"pin": pin})
+                self.pins.add(pin)
 
     def _step(self, action: Action) -> None:
         self.current = f"{action.kind.value} {action.address}"
@@ -181,14 +192,19 @@ class _Run:
 
     def _ensure_dirs(self) -> None:
         root = self.d.pin_root
-        missing = [p for p in [*reversed(root.parents), root] if str(p).startswith("/sys/fs/bpf/") and not p.exists()]
+        chain = [p for p in [*reversed(root.parents), root] if str(p).startswith("/sys/fs/bpf/")]
         if self.d.maps or self.d.programs or self.d.attachments:
-            missing += [root / sub for sub in ("maps", "progs", "links") if not (root / sub).exists()]
-        for path in missing:
+            chain += [root / sub for sub in ("maps", "progs", "links")]
+        for path in chain:
+            if _real_dir(path):  # never p.exists(): that follows a symlink out of the pin root
+                continue
             self.current = f"create directory {path}"
+            if path not in (root, *(root / sub for sub in ("maps", "progs", "links"))):
+                self._journal({"dir": str(path)})  # above the pin root: destroy removes only what apply made
+                self.created_dirs.add(str(path))
             os.mkdir(path)
             self._mut()
-            self.undo.push(f"rmdir {path}", lambda p=path: os.rmdir(p))
+            self.undo.push(f"rmdir {path}", lambda p=path: (os.rmdir(p), self.created_dirs.discard(str(p))))
             if self.d.pin_root_access is not None and (path == root or path.parent == root):
                 self._set_access(str(path), self.d.pin_root_access)
 
@@ -237,12 +253,20 @@ class _Run:
         if a.kind in (Kind.CREATE, Kind.REPLACE):
             user = next((p for p in self.d.programs if any(outer == m.name for _i, outer in p.maps)), None)
             inner = next(i for i, outer in user.maps if outer == m.name)
-            loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+            try:
+                loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+            except KernelError as exc:
+                failure, message = load_failure_message(user.object, user.origin, exc)
+                outer = dict(user.maps).get(failure.item) if failure.item_kind == "map" else None
+                if outer and outer != m.name:  # blame the map libbpf names, not the first one created
+                    self.current = f"{a.kind.value} map/{outer}"
+                raise KernelError(message, exc.errno, name_in_log(exc.log, str(user.object_path), user.origin)) from None
             try:
                 fd = self._fd(os.dup(loaded.map_fds[inner]))
             finally:
                 loaded.close()  # an open object keeps its ELF and BTF in memory: close it at once
             target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+            self._own(target, str(m.pin))
             libbpf.obj_pin(fd, target)
             self._mut()
             self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
@@ -290,10 +314,12 @@ class _Run:
                                             {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
                                              for a in group}, reuse, dict(first.globals))
             except KernelError as exc:
-                names = ", ".join(a.desired.function for a in group)
-                hint = " (the verifier refused it)" if exc.errno in (errno.EACCES, errno.EINVAL) and "verifier" in exc.log else ""
-                raise KernelError(f"loading program(s) {names} of object {first.object!r} failed{hint}: "
-                                  f"{os.strerror(exc.errno) if exc.errno else exc}", exc.errno, exc.log) from None
+                failure, message = load_failure_message(first.object, first.origin, exc)
+                culprit = next((a for a in group if a.desired.function == failure.item), None) \
+                    if failure.item_kind == "program" else None
+                if culprit is not None:  # blame the program libbpf names, not the last one stepped into
+                    self.current = f"{culprit.kind.value} {culprit.address}"
+                raise KernelError(message, exc.errno, name_in_log(exc.log, str(first.object_path), first.origin)) from None
             try:
                 fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
             finally:
@@ -302,6 +328,7 @@ class _Run:
                 p: DesiredProgram = a.desired
                 fd = fds[p.function]
                 target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+                self._own(target, str(p.pin))
                 libbpf.obj_pin(fd, target)
                 self._mut()
                 self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
@@ -522,6 +549,7 @@ class _Run:
                 link_fd = self._fd(self._make_link(att, prog_fd))
                 self._mut()
                 target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+                self._own(target, str(att.pin))
                 libbpf.obj_pin(link_fd, target)
                 self._mut()
                 self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
@@ -665,13 +693,24 @@ class _Run:
                 self._mut()
             except OSError:
                 self.result.warnings.append(f"pin root {root} is not empty; it was kept")
-        if not keep and str(root.parent) == DEFAULT_PIN_BASE:
+        if keep:
+            return
+        # Directories above the pin root go only if this deployment's apply created them (the record
+        # says so) and nothing else is in them; /sys/fs/bpf/bpfdeploy made by someone else stays.
+        for path in sorted(self.created_dirs, key=lambda d: -d.count("/")):
+            if Path(path) not in root.parents:
+                continue
             try:
-                os.rmdir(root.parent)  # bpfdeploy's own directory, when no deployment is left in it
+                os.rmdir(path)
+                self._mut()
+                self.created_dirs.discard(path)
+            except FileNotFoundError:
+                self.created_dirs.discard(path)
             except OSError:
-                pass
+                pass  # another deployment's pin root is in it: kept
 
     def write_record(self, destroy: bool, manifest_file: str) -> None:
+        pins = tuple(sorted(p for p in self.pins if os.path.lexists(p)))
         if destroy:
             if not self.created_cgroups and not self.created_qdiscs:
                 remove_record(self.d.name, self.state_dir)
@@ -693,8 +732,27 @@ class _Run:
         record = Record(name=self.d.name, pin_root=str(self.d.pin_root), boot_id=boot_id(),
                         digests=self.digests, legacy=tuple(self.legacy.values()),
                         created_cgroups=tuple(sorted(self.created_cgroups)), manifest=manifest_file,
-                        link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)))
+                        link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)), pins=pins,
+                        created_dirs=tuple(sorted(self.created_dirs)))
         write_record(record, self.state_dir)
+
+
+def _real_dir(path: Path) -> bool:
+    """True for a directory that is really there (not through a symlink); False if it is missing.
+
+    Anything else at the path (a symlink, a file) is refused: pinning through it would put pins
+    outside the pin root.
+    """
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return True
+    what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+    raise KernelError(f"{path} is {what}: bpfdeploy pins only into real directories of its pin root")
 
 
 def _detach_now(link_pin: str) -> None:

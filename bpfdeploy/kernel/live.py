@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 from bpfdeploy.diagnostics import HostError
@@ -129,12 +130,77 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def walk_pins(root: Path) -> tuple[str, ...]:
-    out = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            out.append(os.path.join(dirpath, name))
-    return tuple(sorted(out))
+def walk_pin_root(root: Path, bpffs: str = "/sys/fs/bpf") -> tuple[bool, tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(pin root exists, every pin under it, (path, what) of everything that makes it unsafe).
+
+    Nothing is followed: each entry is looked at with lstat. A symlink anywhere in or above the
+    pin root, or a directory on another file system, would let a pin land outside the pin root
+    (or hide pins from this walk), so it is reported, and nothing below it is read.
+    """
+    unsafe: list[tuple[str, str]] = []
+    try:
+        device = os.lstat(bpffs).st_dev
+    except OSError as exc:
+        return False, (), ((bpffs, f"cannot be read: {exc.strerror}"),)
+    for part in [*reversed(root.parents), root]:
+        if len(str(part)) <= len(bpffs):
+            continue
+        what = _unsafe_dir(str(part), device)
+        if what == "missing":
+            return False, (), ()
+        if what:
+            return False, (), ((str(part), what),)
+    pins: list[str] = []
+    todo = [str(root)]
+    while todo:
+        directory = todo.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            unsafe.append((directory, f"cannot be listed: {exc.strerror}"))
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                unsafe.append((entry.path, f"cannot be read: {exc.strerror}"))
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                unsafe.append((entry.path, f"is a symlink (to {_link_text(entry.path)})"))
+            elif stat.S_ISDIR(st.st_mode):
+                if st.st_dev != device:
+                    unsafe.append((entry.path, "is a mount point of another file system"))
+                else:
+                    todo.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                pins.append(entry.path)
+            else:
+                unsafe.append((entry.path, "is neither a pin nor a directory"))
+    return True, tuple(sorted(pins)), tuple(sorted(unsafe))
+
+
+def _unsafe_dir(path: str, device: int) -> str:
+    """'' for a real directory on bpffs, 'missing', or what else the path is."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"is a symlink (to {_link_text(path)})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_dev != device:
+        return "is a mount point of another file system"
+    return ""
+
+
+def _link_text(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> LiveState:
@@ -146,8 +212,7 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
     if not bpffs_mounted():
         return LiveState(root, False, (), overlapping, record=record, bpffs_mounted=False,
                          hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
-    root_exists = root.is_dir()
-    pinned = walk_pins(root) if root_exists else ()
+    root_exists, pinned, unsafe = walk_pin_root(root)
     programs = maps = links = names = map_names = {}
     if pinned or desired.attachments:
         argvs = [["bpftool", "-j", "-f", kind, "show"] for kind in ("prog", "map", "link")]
@@ -170,7 +235,7 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
     map_values = _read_map_values(desired, maps)
     return LiveState(root, root_exists, pinned, overlapping, programs, maps, links,
                      _read_hooks(desired, record, maps), record, True, map_values, names,
-                     existing_cgroups, map_names, read_pin_stats(desired))
+                     existing_cgroups, map_names, read_pin_stats(desired), unsafe)
 
 
 def read_pin_stats(desired: DesiredState) -> dict:
@@ -366,7 +431,7 @@ def fingerprint(live: LiveState) -> str:
 
     record = live.record
     parts = [
-        str(live.pin_root), live.pin_root_exists, live.pinned, sorted(live.overlapping),
+        str(live.pin_root), live.pin_root_exists, live.pinned, sorted(live.overlapping), live.unsafe,
         sorted((k, v.id, v.map_ids) for k, v in live.programs.items()),
         sorted((k, v.id, v.geometry) for k, v in live.maps.items()),
         sorted((k, v.id, v.prog_id, v.cgroup_id, v.netns_ino) for k, v in live.links.items()),
@@ -374,5 +439,6 @@ def fingerprint(live: LiveState) -> str:
         sorted((k, v) for k, v in live.map_values.items()),
         sorted(live.existing_cgroups), sorted(live.pin_stats.items()),
         sorted(record.digests.items()) if record else (), sorted(map(repr, record.legacy)) if record else (),
+        record.pins if record else (),
     ]
     return hashlib.sha256(repr(parts).encode()).hexdigest()

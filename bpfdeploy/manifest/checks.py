@@ -53,6 +53,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
         objects_must_exist = files_must_exist
     data = raw.data
     problems: list[Diagnostic] = []
+    _control_characters(raw, data, (), problems)
 
     base = raw.path.resolve().parent
     name = data.get("name") if isinstance(data.get("name"), str) else "unnamed"
@@ -127,11 +128,39 @@ def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:
                       labels=tuple(labels), where=where)
 
 
+FREE_TEXT = frozenset({"description", "help"})  # the only strings that may hold newlines and tabs
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _has_control(text: str) -> bool:
+    return bool(_CONTROL.search(text))
+
+
+def _control_characters(raw: RawManifest, value, where: tuple, problems: list) -> None:
+    """Every name (mapping key) and string of the document, free text aside, without control characters.
+
+    A newline or NUL in a pin root, a path or a name would reach bpffs, the kernel or tc: the
+    checks below skip such a value (it is reported here, once).
+    """
+    from bpfdeploy.manifest.load import control_character_message
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _has_control(key):
+                problems.append(raw.diag(where, control_character_message(key)))
+            if key not in FREE_TEXT:
+                _control_characters(raw, item, where + (key,), problems)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _control_characters(raw, item, where + (i,), problems)
+    elif isinstance(value, str) and _has_control(value):
+        problems.append(raw.diag(where, control_character_message(value)))
+
+
 def _safe_path(raw: RawManifest, where: tuple, text: str, base: Path, problems: list) -> Path | None:
     """text as an absolute path, or None with a diagnostic when no file system call can take it."""
-    if "\0" in text:
-        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
-        return None
+    if _has_control(text):
+        return None  # reported by _control_characters
     try:
         return (base / text).resolve()
     except (OSError, RuntimeError, ValueError) as exc:
@@ -181,17 +210,21 @@ def _fmt(path: tuple) -> str:
 def _pin_root(raw: RawManifest, value: str | None, name: str, problems: list) -> Path:
     if value is None:
         return Path(DEFAULT_PIN_BASE) / name
-    parts = Path(value).parts
-    if ".." in parts or "." in value:
+    root = Path(os.path.normpath(value))
+    if _has_control(value):
+        return root  # reported by _control_characters; no file system call may see it
+    # Once a path is known to be bad, nothing more is asked about it: bpffs answers EPERM to any
+    # lookup of a name with a dot, and the pin root is refused anyway.
+    if ".." in Path(value).parts or "." in value:
         problems.append(raw.diag(("pin_root",), f"pin_root {value!r} may not contain '.' or '..'",
                                  "bpffs refuses names with a dot, and the pin root must stay inside /sys/fs/bpf"))
-    root = Path(os.path.normpath(value))
+        return root
     if root == BPFFS or BPFFS not in root.parents:
         problems.append(raw.diag(("pin_root",), f"pin_root {value!r} must be a directory below /sys/fs/bpf",
                                  f"for example {DEFAULT_PIN_BASE}/{name}"))
         return root
     for part in [*reversed(root.parents), root]:
-        if part.is_symlink():
+        if _is(Path.is_symlink, part):
             problems.append(raw.diag(("pin_root",), f"pin_root {value!r} goes through the symlink {part}",
                                      "a pin root must be a real directory inside /sys/fs/bpf"))
             break
@@ -432,9 +465,8 @@ def _cgroup(raw, where, text: str, create: bool, root: Path, problems: list, mus
     if ".." in Path(text).parts:
         problems.append(raw.diag(where, f"cgroup path {text!r} may not contain '..'"))
         return None
-    if "\0" in text:
-        problems.append(raw.diag(where, "a path may not contain a NUL byte"))
-        return None
+    if _has_control(text):
+        return None  # reported by _control_characters
     path = Path(os.path.normpath(text)) if text.startswith("/") else Path(os.path.normpath(root / text))
     if path != root and root not in path.parents:
         problems.append(raw.diag(where, f"cgroup path {text!r} is outside the cgroup v2 mount {root}",

@@ -240,6 +240,8 @@ def _explain(raw: RawManifest, error, schema: dict) -> list[Diagnostic]:
         # A string of a given form (a pattern) says in its description how to write it.
         hint = error.schema.get("description", "") if "pattern" in error.schema else ""
         return [raw.diag(path, f"expected {expected}, found {_kind(error.instance)} {error.instance!r}", hint)]
+    if validator == "not" and error.validator_value == {"$ref": "#/$defs/control_characters"}:
+        return [raw.diag(path, control_character_message(error.instance))]
     if validator == "const":
         return [raw.diag(path, f"expected {error.validator_value!r}, found {error.instance!r}")]
     return [raw.diag(path, error.message)]
@@ -269,6 +271,13 @@ def _explain_choice(raw: RawManifest, error, path: tuple) -> Diagnostic:
     if same_type:
         return _explain(raw, same_type[0], {})[0]
     return raw.diag(path, f"{_kind(inst)} {inst!r} does not fit here", error.schema.get("description", ""))
+
+
+def control_character_message(text: str) -> str:
+    """What the schema and the checks both say about a name or path holding a control character."""
+    bad = next(c for c in text if ord(c) < 0x20 or ord(c) == 0x7F)
+    return (f"{text[:60]!r} holds the control character U+{ord(bad):04X}: names and paths may not contain "
+            "control characters (newline, tab, NUL, ...)")
 
 
 def _kind(value: Any) -> str:

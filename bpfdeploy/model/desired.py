@@ -67,7 +67,8 @@ class DesiredProgram:
     maps: tuple[tuple[str, str], ...]  # (map name in the object, deployment map name)
     globals: tuple[tuple[str, bytes], ...] = ()  # global variables' values, written before load
     access: PinAccess | None = None  # owner/group/mode its pin must have (None: left alone)
-    origin: str = "build"  # "build" (here, or the build cache) or "artifacts" (build.ObjectOrigin)
+    origin: str = ""  # the object's source or file as the manifest gives it: named in load failures
+    from_artifacts: bool = False  # its object came from verified artifacts (bpfdeploy build --out), not a build here
 
 
 @dataclass(frozen=True, slots=True)

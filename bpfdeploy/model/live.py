@@ -85,6 +85,7 @@ class LiveState:
     map_names: dict = field(default_factory=dict)  # map id -> name (cut to 15 characters), every map on the host
     # path -> (uid, gid, mode) of every pin or directory whose access the manifest sets (missing: not there)
     pin_stats: dict = field(default_factory=dict)
+    unsafe: tuple[tuple[str, str], ...] = ()  # (path, what it is) of symlinks and foreign mounts in or above the pin root
 
     def program_ids(self) -> set[int]:
         return {p.id for p in self.programs.values()}

@@ -108,7 +108,9 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
         out.print(f"[yellow]conflict[/]: {escape(c)}")
     diagnostics(p.diagnostics, out)
     counts = p.counts()
-    if not p.changes:
+    if p.errors:  # never "the kernel matches" when something stops the plan
+        out.print(f"[bold red]Plan stopped:[/] {len(p.errors)} error(s); nothing would be changed.")
+    elif not p.changes:
         out.print("[green]No changes.[/] The kernel matches the manifest.")
     else:
         out.print(f"[bold]Plan:[/] {counts['create']} to create, {counts['update']} to update, "

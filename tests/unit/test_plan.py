@@ -178,7 +178,10 @@ def full_record(**changes) -> Record:
     """The record an apply of desired() would have written: every desired program's id and digest."""
     by_pin = index_by_pin(ALL_PROGRAMS, ROOT)
     digests = {str(by_pin[pin(f"progs/{p}")].id): digest(p) for p, *_ in PROGRAMS}
-    fields = dict(name=NAME, pin_root=str(ROOT), boot_id="boot-1", digests=digests, created_cgroups=(CGROUP,))
+    # It made every pin of the recording under the pin root, so the record lists them all.
+    owned = tuple(sorted({*index_by_pin(ALL_PROGRAMS, ROOT), *index_by_pin(ALL_MAPS, ROOT), *index_by_pin(ALL_LINKS, ROOT)}))
+    fields = dict(name=NAME, pin_root=str(ROOT), boot_id="boot-1", digests=digests, created_cgroups=(CGROUP,),
+                  pins=owned)
     fields.update(changes)
     return Record(**fields)
 
@@ -319,9 +322,54 @@ def test_program_id_missing_from_the_record_is_replaced():
     assert f"program id {prog.id}" in by_address(p)["prog/count_ingress"].reason
 
 
-def test_no_record_at_all_replaces_every_program():
-    p = plan(desired(), live_state(record=Record(name=NAME, pin_root=str(ROOT), boot_id="another-boot")))
-    assert {a for a, k in changed(p).items() if k is Kind.REPLACE} == {f"prog/{x[0]}" for x in PROGRAMS}
+def test_no_record_at_all_refuses_every_pin_and_plans_nothing():
+    """Issue 17 item 2: pins the record does not list are not bpfdeploy's; they used to be deleted."""
+    live = live_state(record=Record(name=NAME, pin_root=str(ROOT), boot_id="another-boot"))
+    p = plan(desired(), live)
+    assert p.actions == ()
+    assert len(p.errors) == len(live.pinned)
+    for pin_path, d in zip(live.pinned, p.errors):
+        assert pin_path in d.message and "was not made by bpfdeploy" in d.message and d.path == "pin_root"
+    destroy = plan(DesiredState(NAME, ROOT, (), (), ()), live, destroy=True)
+    assert destroy.actions == () and len(destroy.errors) == len(live.pinned)
+
+
+def test_a_record_that_lists_some_pins_refuses_the_others():
+    live = live_state(without=())
+    foreign = pin("maps/traffic")
+    record = full_record(pins=tuple(x for x in live.record.pins if x != foreign))
+    p = plan(desired(), dataclasses.replace(live, record=record))
+    assert p.actions == () and [d.message.split(" ")[0] for d in p.errors] == ["maps/traffic"]
+
+
+def test_a_record_from_before_pins_were_recorded_vouches_for_the_layout_only():
+    live = live_state(without=(), extra_pins=(str(ROOT / "state"),))
+    p = plan(desired(), dataclasses.replace(live, record=full_record(pins=None)))
+    assert [d.message.split(" ")[0] for d in p.errors] == ["state"] and p.actions == ()
+
+
+def test_nested_pin_is_named_by_its_path_under_the_pin_root():
+    """Issue 17 item 3: maps/sub/x was shown as map/x in the same plan as map/x itself."""
+    nested = pin("maps/sub/traffic")
+    base = live_state()
+    live = dataclasses.replace(base, pinned=tuple(sorted(base.pinned + (nested,))),
+                               maps={**base.maps, nested: base.maps[pin("maps/traffic")]})
+    # bpfdeploy never pins below maps/, progs/ or links/, so even a record that lists it does not make it ours.
+    for record in (base.record, full_record(pins=base.record.pins + (nested,)), full_record(pins=None)):
+        p = plan(desired(), dataclasses.replace(live, record=record))
+        assert p.actions == ()
+        assert [d.message.split(" ")[0] for d in p.errors] == ["maps/sub/traffic"]
+
+
+def test_symlinks_and_foreign_mounts_under_the_pin_root_are_errors_and_nothing_is_planned():
+    """Issue 17 item 1: a symlinked maps/ sent pins outside the pin root."""
+    live = dataclasses.replace(live_state(), unsafe=((pin("maps"), "is a symlink (to /sys/fs/bpf/elsewhere)"),
+                                                     (pin("progs/sub"), "is a mount point of another file system")))
+    p = plan(desired(), live)
+    assert p.actions == ()
+    assert [d.message for d in p.errors] == [
+        f"{pin('maps')} is a symlink (to /sys/fs/bpf/elsewhere): the pin root must be real directories on bpffs",
+        f"{pin('progs/sub')} is a mount point of another file system: the pin root must be real directories on bpffs"]
 
 
 def test_incompatible_map_geometry_is_an_error_by_default():
@@ -479,7 +527,8 @@ def test_staged_link_left_by_an_interrupted_apply_is_deleted():
     staged = pin("links/ingress" + STAGING_SUFFIX)
     live = live_state()
     link = live.links[pin("links/ingress")]
-    live = dataclasses.replace(live, links={**live.links, staged: link}, pinned=tuple(sorted(live.pinned + (staged,))))
+    live = dataclasses.replace(live, links={**live.links, staged: link}, pinned=tuple(sorted(live.pinned + (staged,))),
+                               record=full_record(pins=live.record.pins + (staged,)))  # the killed apply journaled it
     p = plan(desired(), live)
     assert changed(p) == {f"pin/links/ingress{STAGING_SUFFIX}": Kind.DELETE}
     assert "interrupted apply" in p.changes[0].reason
@@ -493,12 +542,11 @@ def test_destroy_deletes_everything_under_the_pin_root():
     record = full_record(created_cgroups=(CGROUP, gone), legacy=(legacy,))
     hooks_ = {hook_key(HookKind.CGROUP, CGROUP, legacy.attach_type): LiveHook((legacy.prog_id,), 0, True,
                                                                               META["cgroup_id"])}
-    live = live_state(without=(), record=record, hooks_=hooks_, existing_cgroups=frozenset({CGROUP}),
-                      extra_pins=(str(ROOT / "state"),))
+    live = live_state(without=(), record=record, hooks_=hooks_, existing_cgroups=frozenset({CGROUP}))
     p = plan(DesiredState(NAME, ROOT, (), (), ()), live, destroy=True)
     assert {a.kind for a in p.actions} == {Kind.DELETE}
     under_root = [a for a in p.actions if a.live_pin.startswith(str(ROOT) + "/")]
-    assert {a.live_pin for a in under_root} == set(live.pinned) - {str(ROOT / "state")}
+    assert {a.live_pin for a in under_root} == set(live.pinned)
     # links (and legacy attaches), then programs (the staged one is a bare pin), then maps, then cgroups
     groups = [a.resource.value for a in p.actions]
     assert groups == (["pin"] + ["attach"] * (1 + len(live.links)) + ["prog"] * (len(live.programs) - 1)
