@@ -1,5 +1,5 @@
 # Everything also works without make: see scripts/bootstrap.sh.
-.PHONY: setup demo test unit kernel record-fixtures reliability bench
+.PHONY: setup demo test unit kernel fleet fleet-up fleet-down record-fixtures reliability bench bench-fleet
 
 setup:
 	bash scripts/bootstrap.sh setup
@@ -16,6 +16,16 @@ unit:
 kernel:
 	.venv/bin/python -m pytest -q tests/kernel
 
+# The Ansible collection over SSH against simulated hosts (root; see tests/fleet/README.md).
+fleet:
+	.venv/bin/python -m pytest -q tests/fleet
+
+fleet-up:
+	bash scripts/fleet.sh up $(or $(N),3) $(or $(PREFIX),bpfleet)
+
+fleet-down:
+	bash scripts/fleet.sh down $(or $(N),3) $(or $(PREFIX),bpfleet)
+
 record-fixtures:
 	bash scripts/record-fixtures.sh
 
@@ -24,3 +34,6 @@ reliability:
 
 bench:
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-fleet:
+	.venv/bin/python bench/fleet.py $(BENCH_ARGS)

@@ -16,8 +16,10 @@ fi
 
 # Debian packages: the BPF tool chain, iproute2, and Python's venv; openssh-client for ssh-keygen
 # (signed artifacts: bpfdeploy build --sign-key, apply --allowed-signers); strace for the test that
-# proves a deploy from artifacts starts no clang.
-packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go openssh-client strace)
+# proves a deploy from artifacts starts no clang; openssh-server for the simulated fleet (tests/fleet:
+# each test host runs its own sshd; the machine-wide one is never started, below).
+packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go openssh-client strace
+          openssh-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,16 +28,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
+  # No service may start from an install (openssh-server would start a machine-wide sshd):
+  # the standard Debian policy-rc.d switch, only while we install and only if none is there.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
   apt-get install -y -q "${missing[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # The Python package, in a virtual environment of Debian's python3 (no pyenv shim on the hot path).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, jsonschema, rich, pytest, hypothesis, prometheus_client' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, jsonschema, rich, pytest, hypothesis, prometheus_client, ansible' 2>/dev/null; then
   echo "bootstrap: creating .venv"
   /usr/bin/python3 -m venv .venv
   log=$(mktemp)
   # compat: a plain path entry, not an import hook (the hook costs milliseconds at every start)
-  if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat \
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e '.[test,fleet]' --config-settings editable_mode=compat \
       >"$log" 2>&1; then
     grep -v '^WARNING: Location' "$log" >&2; rm -f "$log"; exit 1
   fi
