@@ -66,16 +66,11 @@ def prepare(manifest, destroy=False, artifacts=None, allowed_signers=None):
 
     from bpfdeploy import workflow
 
-    if artifacts or allowed_signers:
-        raise_unsupported("artifacts")
     workflow.require_root()
-    return workflow.prepare(Path(manifest), None, destroy=destroy)
-
-
-def raise_unsupported(what):
-    from bpfdeploy.diagnostics import BpfdeployError
-
-    raise BpfdeployError("the bpfdeploy library on host %s does not support %s" % (socket.gethostname(), what))
+    if destroy:
+        return workflow.prepare(Path(manifest), None, destroy=True)
+    return workflow.prepare(Path(manifest), None, artifacts=Path(artifacts) if artifacts else None,
+                            allowed_signers=Path(allowed_signers) if allowed_signers else None)
 
 
 def gate(prepared, manifest, refresh=False):
@@ -105,9 +100,9 @@ def apply(manifest, destroy=False, lock_timeout=60, on_plan=None, artifacts=None
 
     from bpfdeploy import workflow
 
-    if artifacts or allowed_signers:
-        raise_unsupported("artifacts")
-    return workflow.apply_deployment(Path(manifest), destroy=destroy, lock_timeout=lock_timeout, on_plan=on_plan)
+    return workflow.apply_deployment(Path(manifest), destroy=destroy, lock_timeout=lock_timeout, on_plan=on_plan,
+                                     artifacts=Path(artifacts) if artifacts else None,
+                                     allowed_signers=Path(allowed_signers) if allowed_signers else None)
 
 
 def status(prepared, manifest):
