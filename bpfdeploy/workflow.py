@@ -261,6 +261,10 @@ def save_plan(planned: Planned, out: Path) -> None:
     saved = {SAVED_PLAN_KEY: 1, "manifest": str(planned.manifest.resolve()),
              "desired": _desired_digest(planned.prepared.desired), "live": fingerprint(planned.live),
              "plan": planned.plan.to_json()}
+    provenance = planned.prepared.provenance
+    if provenance is not None:  # `apply FILE` takes the objects from the same artifacts, checked again
+        saved["artifacts"] = str(provenance.directory)
+        saved["allowed_signers"] = str(provenance.allowed_signers) if provenance.allowed_signers else None
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(saved, indent=1))
     tmp.replace(out)
@@ -321,6 +325,10 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
     require_root()
     saved = None if destroy else read_saved_plan(manifest)
     source = Path(saved["manifest"]) if saved else manifest
+    if saved and artifacts is None and saved.get("artifacts"):
+        artifacts = Path(saved["artifacts"])
+        if allowed_signers is None and saved.get("allowed_signers"):
+            allowed_signers = Path(saved["allowed_signers"])
     prepared = prepare(source, on_build, destroy=destroy, artifacts=None if destroy else artifacts,
                        allowed_signers=allowed_signers)
     with deployment_lock(prepared.desired.name, lock_timeout, on_wait):

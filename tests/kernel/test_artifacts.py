@@ -202,3 +202,27 @@ def test_a_manifest_that_requires_a_signature_refuses_unsigned_and_badly_signed_
                                 check=False)
     assert proc.returncode == 1 and "bad signature" in proc.stderr
     assert _snapshot(root) == before
+
+
+def test_a_plan_saved_from_artifacts_is_carried_out_from_them_and_checked_again(sandbox):
+    manifest = sandbox.example("cgroup-counters.yaml")
+    root = _root(manifest)
+    key, signers = _keypair(sandbox.tmp, "release", "release@example.org")
+    out, saved = sandbox.tmp / "artifacts", sandbox.tmp / "plan.json"
+    sandbox.cli("build", manifest, "--out", out, "--sign-key", key)
+    cli_without_clang(sandbox, "plan", manifest, "--artifacts", out, "--allowed-signers", signers, "--out", saved)
+    assert json.loads(saved.read_text())["artifacts"] == str(out)
+
+    obj = out / "objects" / "counters.o"
+    good = obj.read_bytes()
+    obj.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # changed after the plan was saved
+    proc, _ = cli_without_clang(sandbox, "apply", saved, check=False)
+    assert proc.returncode == 1 and str(obj) in proc.stderr
+    assert not root.exists()
+
+    obj.write_bytes(good)
+    proc, execs = cli_without_clang(sandbox, "apply", saved, "--json")
+    reply = json.loads(proc.stdout)
+    assert reply["applied"] and reply["plan"]["artifacts"]["signature"] == "good"
+    assert not [e for e in execs if "clang" in e]
+    assert prog_ids_under(root)
