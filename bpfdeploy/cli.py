@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--out", type=Path, metavar="FILE", help="save the plan, with a fingerprint of the live state, "
                                                              "for 'bpfdeploy apply FILE'")
+    p.add_argument("--verify", action="store_true", help="load every new or changed program into the kernel and "
+                   "free it at once (nothing pinned or attached): show which ones the verifier accepts")
     p = from_artifacts(common(sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved "
                                                            "plan)")))
     p.add_argument("--check", action="store_true", help="plan only; change nothing")
@@ -216,18 +218,26 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from bpfdeploy.workflow import plan_deployment, save_plan
 
-    planned = plan_deployment(args.manifest, on_build=_build_progress(args), **_artifact_args(args))
+    planned = plan_deployment(args.manifest, on_build=_build_progress(args), verify=args.verify,
+                              **_artifact_args(args))
     p = planned.plan
     if args.out and not p.errors:
         save_plan(planned, args.out)
     if args.json:
         from bpfdeploy.render.replies import emit
 
-        emit(p.to_json())
+        body = p.to_json()
+        if planned.verification is not None:
+            body["verification"] = planned.verification.to_json()
+        emit(body)
     else:
         from bpfdeploy.render import human
 
         human.plan(p, verbose=args.verbose)
+        if planned.verification is not None:
+            from bpfdeploy.render.verify import verification
+
+            verification(planned.verification)
         if args.out and not p.errors:
             human.out.print(f"Saved the plan to {args.out}; carry it out with: bpfdeploy apply {args.out}")
     if p.errors:

@@ -23,6 +23,7 @@ from bpfdeploy.manifest.model import Manifest
 if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op plan's cost
     from bpfdeploy.artifacts import ArtifactSet, BuildOutput, Provenance
     from bpfdeploy.kernel.apply import ApplyResult
+    from bpfdeploy.verify import Verification
     from bpfdeploy.kernel.live import LiveState
     from bpfdeploy.plan import Action, Plan
     from bpfdeploy.probe import Features
@@ -55,6 +56,7 @@ class Planned:
     live: LiveState
     plan: Plan
     features: Features | None
+    verification: Verification | None = None  # of `plan --verify` (None: not asked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,11 +244,18 @@ def plan_prepared(prepared: Prepared, manifest: Path, destroy: bool = False) -> 
 
 
 def plan_deployment(manifest: Path, *, destroy: bool = False, on_build: BuildCallback | None = None,
-                    artifacts: Path | None = None, allowed_signers: Path | None = None) -> Planned:
-    """`plan`: everything up to the plan, changing nothing. ``artifacts``: see ``prepare``."""
+                    artifacts: Path | None = None, allowed_signers: Path | None = None,
+                    verify: bool = False) -> Planned:
+    """`plan`: everything up to the plan, changing nothing. ``artifacts``: see ``prepare``.
+    ``verify`` (`plan --verify`): every new or changed program is loaded and freed again."""
     require_root()
-    return plan_prepared(prepare(manifest, on_build, destroy=destroy, artifacts=artifacts,
-                                 allowed_signers=allowed_signers), manifest, destroy=destroy)
+    planned = plan_prepared(prepare(manifest, on_build, destroy=destroy, artifacts=artifacts,
+                                    allowed_signers=allowed_signers), manifest, destroy=destroy)
+    if verify and not destroy:
+        from bpfdeploy.verify import verify_planned
+
+        planned = verify_planned(planned)
+    return planned
 
 
 # -- saved plans -------------------------------------------------------------------------------

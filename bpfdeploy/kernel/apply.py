@@ -771,6 +771,20 @@ def _detach_now(link_pin: str) -> None:
         os.close(fd)
 
 
+def trial_load(first: DesiredProgram, programs: dict[str, tuple[int | None, int | None]]) -> dict[str, int]:
+    """Load programs of one object and free them at once (`plan --verify`): function name -> the id each had.
+
+    Nothing is pinned or attached. The maps are fresh ones made from the object's definitions
+    (the deployment's pinned maps are not reused, so nothing in them can change) and go with the
+    object when it is closed. Raises KernelError as a real load would.
+    """
+    loaded = libbpf.load_object(str(first.object_path), str(first.pin.parent), programs, {}, dict(first.globals))
+    try:
+        return {name: libbpf.prog_id(fd) for name, fd in loaded.program_fds.items()}
+    finally:
+        loaded.close()  # the last reference to each program and map: the kernel frees them here
+
+
 def ensure_bpffs(path: str = "/sys/fs/bpf") -> None:
     """Mount bpffs where it is missing (a fresh machine has none; bpftool mounts it only as a side effect)."""
     from bpfdeploy.kernel.live import bpffs_mounted

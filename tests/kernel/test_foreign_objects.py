@@ -138,3 +138,118 @@ def test_validate_rechecks_a_removed_uprobe_binary_and_cgroup(sandbox):
     cgroup.rmdir()
     proc = sandbox.cli("validate", manifest, check=False)
     assert proc.returncode == 1 and f"cgroup {cgroup} does not exist" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------- plan --verify
+
+
+def _bpftool(*args: str):
+    import subprocess
+
+    proc = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout or "[]")
+
+
+def _kernel_objects(names: set[str]) -> dict:
+    """Programs, maps and links of the kernel that concern us: programs and maps with these names, and
+    links holding such programs. (Other engineers' tests load and free things meanwhile.)"""
+    progs = {p["id"]: p.get("name") for p in _bpftool("prog", "show") if p.get("name") in names}
+    maps = {m["id"]: m.get("name") for m in _bpftool("map", "show") if m.get("name") in names}
+    links = {link["id"]: link["prog_id"] for link in _bpftool("link", "show") if link.get("prog_id") in progs}
+    return {"progs": progs, "maps": maps, "links": links}
+
+
+def _tree(root: Path) -> dict:
+    """Every pin under a pin root, with the id of the object it holds."""
+    out = {}
+    if not root.exists():
+        return out
+    ids = {pin: p["id"] for kind in ("prog", "map", "link") for p in _bpftool("-f", kind, "show")
+           for pin in p.get("pinned", ())}
+    for path in sorted(root.rglob("*")):
+        out[str(path)] = ids.get(str(path), "dir" if path.is_dir() else "?")
+    return out
+
+
+def _ours_on_bpffs(names: set[str]) -> list[str]:
+    return sorted(p.name for p in Path("/sys/fs/bpf").iterdir() if p.name in names)
+
+
+def _prog_exists(prog_id: int) -> bool:
+    import subprocess
+
+    return subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)], capture_output=True).returncode == 0
+
+
+def test_plan_verify_gives_each_program_its_verdict_and_changes_nothing(sandbox):
+    # This test's own names (the kernel keeps 15 characters), so that nothing another test loads meanwhile counts.
+    first, bad, last, seen = (f"{c}{sandbox.id}" for c in "fblm")
+    src = sandbox.tmp / "three_xdp.bpf.c"
+    src.write_text((OBJECTS / "three_xdp.bpf.c").read_text().replace("xdp_first_pass", first)
+                   .replace("xdp_unchecked_read", bad).replace("xdp_last_pass", last).replace("xdp_seen", seen))
+    manifest, root = _manifest(sandbox, f"""          tutorial:
+            source: {src}""")
+    names = {first, bad, last, seen}
+    before, bpffs_before = _kernel_objects(names), _ours_on_bpffs(names)
+    proc = sandbox.cli("plan", manifest, "--verify", "--json", check=False)
+    assert proc.returncode == 1, proc.stderr  # a refusal is a plan error
+    out = json.loads(proc.stdout)
+    verdicts = {v["function"]: v for v in out["verification"]["programs"]}
+    assert [verdicts[f]["accepted"] for f in (first, bad, last)] == [True, False, True]  # the last got its own load
+    refused = verdicts[bad]
+    assert refused["source_line"].startswith("three_xdp.bpf.c:")
+    assert "invalid access to packet" in refused["log_tail"]
+    assert "processed" not in refused["log_tail"]
+    errors = [d for d in out["diagnostics"] if d["severity"] == "error"]
+    assert len(errors) == 1 and f"program '{bad}'" in errors[0]["message"] and errors[0]["line"] is not None
+    # The accepted programs really were loaded (they had ids), and are gone again.
+    trial_ids = [verdicts[f]["trial_id"] for f in (first, last)]
+    assert all(trial_ids) and not any(_prog_exists(i) for i in trial_ids)
+    assert _kernel_objects(names) == before == {"progs": {}, "maps": {}, "links": {}}
+    assert _ours_on_bpffs(names) == bpffs_before  # (a by-name pin would land there)
+    assert not root.exists()
+
+    human = sandbox.cli("plan", manifest, "--verify", check=False)
+    assert f"accepted prog/{first}" in human.stdout and f"refused  prog/{bad}" in human.stdout
+    assert "Verifier: 2 accepted, 1 refused." in human.stdout
+
+
+def test_plan_verify_on_a_deployed_upgrade_leaves_pins_links_and_map_contents_alone(sandbox):
+    src = sandbox.tmp / "counters.bpf.c"
+    # Names of this test's own (the bundled example's may be loaded by other tests meanwhile).
+    ingress, egress, traffic = f"i{sandbox.id}", f"e{sandbox.id}", f"t{sandbox.id}"
+    src.write_text((REPO / "bpf" / "cgroup-counters" / "counters.bpf.c").read_text()
+                   .replace("count_ingress", ingress).replace("count_egress", egress).replace("traffic", traffic))
+    cgroup = sandbox.cgroup("ver")
+    manifest, root = _manifest(sandbox, f"""          counters:
+            source: {src}""", f"""
+        attachments:
+          - program: {ingress}
+            type: ingress
+            cgroup: {cgroup}
+          - program: {egress}
+            type: egress
+            cgroup: {cgroup}""")
+    sandbox.cli("apply", manifest)
+    netns = sandbox.netns()
+    from tests.kernel.traffic import ECHO
+
+    sandbox.run_in(ECHO.format(n=2), cgroup=cgroup, netns=netns)
+    src.write_text(src.read_text().replace("return 1; /* allow: we only count */", "return 1; /* v2 */"))
+    names = {ingress, egress, traffic}
+    tree, objects = _tree(root), _kernel_objects(names)
+    counters = _bpftool("map", "dump", "pinned", str(root / "maps" / traffic))
+    out = sandbox.cli_json("plan", manifest, "--verify")
+    assert {a["address"]: a["action"] for a in out["actions"]}[f"prog/{ingress}"] == "replace"
+    assert out["verification"]["accepted"] is True
+    assert {v["function"] for v in out["verification"]["programs"]} == {ingress, egress}
+    assert not any(_prog_exists(v["trial_id"]) for v in out["verification"]["programs"])
+    assert _tree(root) == tree  # the same pins holding the same programs, maps and links
+    assert _kernel_objects(names) == objects
+    assert _bpftool("map", "dump", "pinned", str(root / "maps" / traffic)) == counters
+    assert counters and any(e["formatted"]["value"]["packets"] for e in counters)  # there was something to keep
+    again = sandbox.cli_json("plan", manifest, "--verify")
+    assert len(again["verification"]["programs"]) == 2  # plan --verify applied nothing: the upgrade is still due
+    sandbox.cli("apply", manifest)
+    done = sandbox.cli_json("plan", manifest, "--verify")
+    assert done["verification"] == {"accepted": True, "programs": []}  # nothing new or changed: nothing loaded
