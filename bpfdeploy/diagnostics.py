@@ -23,6 +23,13 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 70  # an unexpected crash (sysexits EX_SOFTWARE); the traceback is in a file
 
 
+class Severity(enum.StrEnum):
+    """How bad a diagnostic is: an error stops plan and apply; a warning is shown and goes on."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One problem found in a manifest or on the host.
@@ -36,7 +43,7 @@ class Diagnostic:
     path: str = ""
     line: int | None = None
     hint: str = ""
-    severity: str = "error"  # "error" | "warning"
+    severity: Severity = Severity.ERROR  # a plain "error"/"warning" string compares equal
 
     def location(self) -> str:
         where = self.file

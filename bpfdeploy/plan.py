@@ -12,13 +12,17 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState
+from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState, PinAccess
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.model.live import LiveState, hook_key
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
+
+if TYPE_CHECKING:
+    from bpfdeploy.record import LegacyAttachment
 
 PLAN_FORMAT = 1
 STAGING_SUFFIX = "__bpfdeploy_new"  # staged pins of replacements; renamed over the old pin at commit
@@ -55,14 +59,112 @@ def link_target(a: DesiredAttachment, hook) -> str:
 MODE_FLAGS = {AttachMode.MULTI: BPF_F_ALLOW_MULTI, AttachMode.OVERRIDE: BPF_F_ALLOW_OVERRIDE, AttachMode.EXCLUSIVE: 0}
 
 
+def split_device_target(target: str) -> tuple[str, str | None]:
+    """A device hook's target as the record keeps it, "device[@netns file]", as (device, netns file)."""
+    device, _, netns = target.partition("@")
+    return device, netns or None
+
+
+# -- payloads: what apply needs beyond the desired object, one small immutable type per kind.
+# The planner decides everything in them; apply reads fields, never reasons or strings.
+
+@dataclass(frozen=True, slots=True)
+class NewMap:
+    """A map to create (or recreate): loaded from the object of program ``loader`` (a pin name), where
+    it is called ``inner``, then pinned and filled with ``entries``. The planner picks the loader: the
+    first program that uses the map (desired.resolve checked that every user defines it alike)."""
+
+    loader: str
+    inner: str
+    entries: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteEntries:
+    """Entries of a live map to overwrite: only those that differ from the manifest."""
+
+    entries: tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class XdpTakeover:
+    """Our own XDP link that holds the device now: removed just before the new link is made."""
+
+    holder_pin: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyAttach:
+    """A cgroup attach without a link, with the BPF_F_ALLOW_* ``flags`` of its mode.
+
+    ``old``: our attach there now (from the record), if any. ``detach_first``: the mode changes on
+    the same hook, which the kernel refuses while the old attach holds other flags (a gap).
+    ``retire``: the old attach is on another hook and is detached after the commit."""
+
+    flags: int
+    old: LegacyAttachment | None = None
+    detach_first: bool = False
+    retire: LegacyDetach | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TcFilterRemoval:
+    """A tc filter of ours to delete, at its (pref, handle) on a device's clsact qdisc."""
+
+    device: str
+    netns: str | None
+    direction: str  # "ingress" | "egress"
+    priority: int
+    handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class TcFilter:
+    """A tc bpf filter at a fixed (pref, handle): ``tc filter replace`` creates it or swaps its program.
+
+    ``old``: our filter there now (from the record); ``retire``: our filter at a place the manifest
+    no longer names, deleted after the commit."""
+
+    device: str
+    netns: str | None
+    direction: str
+    priority: int
+    handle: int
+    old: LegacyAttachment | None = None
+    retire: TcFilterRemoval | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyDetach:
+    """A legacy cgroup attach of ours to detach (the program by id from the hook)."""
+
+    old: LegacyAttachment
+
+
+@dataclass(frozen=True, slots=True)
+class Qdisc:
+    """A clsact qdisc on a device: added for tc filters, deleted when we added it and none is left."""
+
+    device: str
+    netns: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """A staged pin left by a killed apply: removed first, so that staging can use the name again."""
+
+
+Payload = NewMap | WriteEntries | XdpTakeover | LegacyAttach | TcFilter | TcFilterRemoval | LegacyDetach | Qdisc | Cleanup
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One step of a plan.
+    """One step of a plan. Apply carries out the plan's actions in the plan's order.
 
     address: stable name of the resource (``prog/bpf_redir``); reason: for the reader only.
-    desired: the DesiredMap/DesiredProgram/DesiredAttachment to create or keep (None for deletes).
-    live_pin / live_id: the existing kernel object this action changes or removes.
-    details: what the applier needs beyond that (entries to write, a legacy hook to detach).
+    desired: the DesiredMap/DesiredProgram/DesiredAttachment to create or keep, or the cgroup path
+    (None for deletes). live_pin / live_id: the existing kernel object this action changes or removes.
+    payload: what apply needs beyond that (one of the payload types above, or None).
     transition: for replacements, whether the hook sees a gap or an overlap.
     """
 
@@ -70,13 +172,13 @@ class Action:
     resource: Resource
     address: str
     reason: str = ""
-    desired: object = None
+    desired: DesiredMap | DesiredProgram | DesiredAttachment | PinAccess | str | None = None
     live_pin: str = ""
     live_id: int = 0
     before: str = ""
     after: str = ""
     transition: str = ""
-    details: tuple = ()
+    payload: Payload | None = None
 
     def to_json(self) -> dict:
         out = {"action": self.kind.value, "resource": self.resource.value, "address": self.address,
@@ -236,7 +338,7 @@ class _Planner:
         after = m.geometry.describe()
         if live is None:
             self.actions.append(Action(Kind.CREATE, Resource.MAP, address, "not pinned yet", desired=m, after=after,
-                                       details=m.entries))
+                                       payload=self._new_map(m)))
             self.replaced_maps.add(m.name)
             return
         if not m.geometry.compatible_with(live.geometry):
@@ -245,7 +347,7 @@ class _Planner:
                 self.actions.append(Action(Kind.REPLACE, Resource.MAP, address,
                                            "its definition changed; on_incompatible_change: recreate (contents are lost)",
                                            desired=m, live_pin=str(m.pin), live_id=live.id, before=before, after=after,
-                                           details=m.entries))
+                                           payload=self._new_map(m)))
                 self.replaced_maps.add(m.name)
             else:
                 self.diags.append(Diagnostic(
@@ -261,10 +363,15 @@ class _Planner:
                                            f"{len(differ)} of its {len(m.entries)} listed entries differ",
                                            desired=m, live_pin=str(m.pin), live_id=live.id,
                                            before=f"{len(differ)} entries differ", after=f"{len(m.entries)} entries as listed",
-                                           details=differ))
+                                           payload=WriteEntries(differ)))
                 return
         self.actions.append(Action(Kind.NOOP, Resource.MAP, address, "in sync", desired=m, live_pin=str(m.pin),
                                    live_id=live.id, before=after, after=after))
+
+    def _new_map(self, m: DesiredMap) -> NewMap:
+        user = next(p for p in self.d.programs if any(outer == m.name for _inner, outer in p.maps))
+        inner = next(i for i, outer in user.maps if outer == m.name)
+        return NewMap(user.pin_name, inner, m.entries)
 
     # -- programs
     def _program(self, p: DesiredProgram) -> None:
@@ -389,11 +496,11 @@ class _Planner:
         self.explained.add(str(a.pin))
         link = self.live.links.get(str(a.pin))
         holder = self._xdp_holder(a, hook)
-        takeover = ("xdp_takeover", holder) if holder else ()
+        takeover = XdpTakeover(holder) if holder else None
         gap = "a device holds one XDP program: the old link is removed just before the new one is made (gap)"
         if link is None:
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, "not attached yet", desired=a,
-                                       after=after, details=takeover, transition=gap if holder else ""))
+                                       after=after, payload=takeover, transition=gap if holder else ""))
             return
         before = f"link id {link.id} holding program id {link.prog_id}"
         target_reason = self._link_target_mismatch(a, link, hook)
@@ -407,7 +514,7 @@ class _Planner:
         if target_reason:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, target_reason, desired=a,
                                        live_pin=str(a.pin), live_id=link.id, before=before, after=after,
-                                       details=takeover, transition=gap if holder else
+                                       payload=takeover, transition=gap if holder else
                                        "the new link is attached before the old one is removed (brief overlap)"))
             return
         if (prog_changed or live_prog is None or link.prog_id != live_prog.id) and not a.attach_type.link_update:
@@ -467,29 +574,31 @@ class _Planner:
         if old is None or not attached:
             reason = "not attached yet" if old is None else f"program id {old.prog_id} is no longer attached there"
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
-                                       details=(flags,)))
+                                       payload=LegacyAttach(flags)))
             return
         before = f"legacy attach of program id {old.prog_id} ({a.mode.value})"
         if old.target != a.target or old.attach_type != a.attach_type.value:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its hook changed",
                                        desired=a, live_id=old.prog_id, before=before, after=after,
-                                       details=(flags, old), transition="attached at the new hook before the old is detached"))
+                                       payload=LegacyAttach(flags, old, retire=LegacyDetach(old)),
+                                       transition="attached at the new hook before the old is detached"))
             return
         if old.flags != flags:
             # The kernel refuses mixed flags on one hook, so this cannot be make-before-break.
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its attach mode changed",
                                        desired=a, live_id=old.prog_id, before=before, after=after,
-                                       details=(flags, old), transition="the old attach is removed before the new one "
+                                       payload=LegacyAttach(flags, old, detach_first=True),
+                                       transition="the old attach is removed before the new one "
                                        "is made: the hook has no program for a moment (gap)"))
             return
         if prog_changed or live_prog is None or live_prog.id != old.prog_id:
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
-                                       desired=a, live_id=old.prog_id, before=before, after=after, details=(flags, old),
-                                       transition="atomic replace (BPF_F_REPLACE)" if a.mode is AttachMode.MULTI
+                                       desired=a, live_id=old.prog_id, before=before, after=after,
+                                       payload=LegacyAttach(flags, old), transition="atomic replace (BPF_F_REPLACE)" if a.mode is AttachMode.MULTI
                                        else "atomic: the new program takes the hook's only slot"))
             return
         self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
-                                   before=before, after=after, details=(flags, old)))
+                                   before=before, after=after, payload=LegacyAttach(flags, old)))
 
     def _tc_attachment(self, a, address, after, hook, live_prog, prog_changed, ours) -> None:
         """A tc filter at a fixed (pref, handle) on the device's clsact qdisc."""
@@ -513,8 +622,9 @@ class _Planner:
         if hook is not None and not hook.clsact and a.target not in self.qdiscs:
             self.qdiscs.add(a.target)
             self.actions.append(Action(Kind.CREATE, Resource.QDISC, f"qdisc:{a.target}", "the device has no clsact qdisc",
-                                       desired=a, after=f"clsact on {a.device}"))
-        details = (a.priority, a.handle, old)
+                                       desired=a, after=f"clsact on {a.device}", payload=Qdisc(a.device, a.netns)))
+        direction = "ingress" if a.attach_type.value == TC_INGRESS else "egress"
+        filter_ = TcFilter(a.device, a.netns, direction, a.priority, a.handle, old)
         moved = old is not None and (old.target, old.attach_type, old.priority, old.handle) != (
             a.target, a.attach_type.value, a.priority, a.handle)
         if moved:
@@ -523,22 +633,24 @@ class _Planner:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its device, direction, priority "
                                        "or handle changed", desired=a, live_id=old.prog_id, after=after,
                                        before=f"tc filter pref {old.priority} handle {old.handle} on {old.target}",
-                                       details=(a.priority, a.handle, old if still else None),
+                                       payload=TcFilter(a.device, a.netns, direction, a.priority, a.handle,
+                                                        old if still else None,
+                                                        retire=_tc_removal(old) if still else None),
                                        transition="the new filter is added before the old one is removed"))
             return
         if old is None or not ours_there:
             reason = "not attached yet" if old is None else "the recorded filter is gone or was changed"
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
-                                       details=details))
+                                       payload=filter_))
             return
         before = f"tc filter pref {old.priority} handle {old.handle} holding program id {old.prog_id}"
         if prog_changed or live_prog is None or live_prog.id != old.prog_id:
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
-                                       desired=a, live_id=old.prog_id, before=before, after=after, details=details,
+                                       desired=a, live_id=old.prog_id, before=before, after=after, payload=filter_,
                                        transition="atomic: tc filter replace"))
             return
         self.actions.append(Action(Kind.NOOP, Resource.ATTACHMENT, address, "in sync", desired=a, live_id=old.prog_id,
-                                   before=before, after=after, details=details))
+                                   before=before, after=after, payload=filter_))
 
     # -- owner, group and mode of pins (a new pin gets them when it is made: only drift is planned here)
     def _access(self) -> None:
@@ -554,11 +666,10 @@ class _Planner:
             if access.differs(uid, gid, mode):
                 self.actions.append(Action(Kind.UPDATE, Resource.ACCESS, address,
                                            "its owner, group or mode differs from the manifest", live_pin=str(path),
-                                           before=before, after=access.describe(), desired=access,
-                                           details=(str(path),)))
+                                           before=before, after=access.describe(), desired=access))
             else:
                 self.actions.append(Action(Kind.NOOP, Resource.ACCESS, address, "in sync", live_pin=str(path),
-                                           before=before, after=before, desired=access, details=(str(path),)))
+                                           before=before, after=before, desired=access))
 
     # -- what is live but no longer desired, in reverse dependency order
     def _leftovers(self) -> None:
@@ -573,7 +684,7 @@ class _Planner:
                 if hook is not None and (old.priority, old.handle, old.prog_id) in hook.filters:
                     self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}", self.gone,
                                                live_id=old.prog_id, before=f"tc filter pref {old.priority} handle "
-                                               f"{old.handle} on {old.target}", details=(0, old)))
+                                               f"{old.handle} on {old.target}", payload=_tc_removal(old)))
                 continue
             hook = self.live.hooks.get(hook_key(HookKind.CGROUP, old.target, old.attach_type))
             if hook is not None and old.prog_id in hook.prog_ids:
@@ -581,7 +692,7 @@ class _Planner:
                 self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}",
                                            self.gone, live_id=old.prog_id,
                                            before=f"legacy {at.short[0] if at else old.attach_type} on cgroup {old.target}",
-                                           details=(0, old)))
+                                           payload=LegacyDetach(old)))
         order = {"links": 0, "progs": 1, "maps": 2}
         leftovers = sorted((p for p in self.live.pinned if p not in self.explained),
                            key=lambda p: (order.get(Path(p).relative_to(root).parts[0], 3), p))
@@ -593,7 +704,7 @@ class _Planner:
             if staged and direct and top in ("links", "progs", "maps"):
                 # Garbage of a killed apply: removed first, so that staging can use the name again.
                 self.cleanup.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}", "left over from an interrupted apply",
-                                           live_pin=pin, details=("early",)))
+                                           live_pin=pin, payload=Cleanup()))
             elif top == "links" and direct and pin in self.live.links:
                 link = self.live.links[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}", self.gone,
@@ -620,7 +731,8 @@ class _Planner:
             if qdisc not in tc_targets:
                 self.deletes.append(Action(Kind.DELETE, Resource.QDISC, f"qdisc:{qdisc}",
                                            "added by this deployment and no longer used (removed only when it "
-                                           "holds no filters)", live_pin=qdisc, before=f"clsact on {qdisc}"))
+                                           "holds no filters)", live_pin=qdisc, before=f"clsact on {qdisc}",
+                                           payload=Qdisc(*split_device_target(qdisc))))
         wanted = [Path(a.target) for a in self.d.attachments if a.kind is HookKind.CGROUP]
         wanted_cgroups = {str(p) for w in wanted for p in (w, *w.parents)}  # a used cgroup's parents stay too
         # Children before their parents.
@@ -629,3 +741,9 @@ class _Planner:
                 self.deletes.append(Action(Kind.DELETE, Resource.CGROUP, f"cgroup:{cgroup}",
                                            "created by this deployment and no longer used (removed only if empty)",
                                            live_pin=cgroup, before=cgroup))
+
+
+def _tc_removal(old: LegacyAttachment) -> TcFilterRemoval:
+    device, netns = split_device_target(old.target)
+    return TcFilterRemoval(device, netns, "ingress" if old.attach_type == TC_INGRESS else "egress",
+                           old.priority, old.handle)

@@ -28,7 +28,13 @@ def edges() -> list[tuple[str, str, bool]]:
         src = module_name(path)
         tree = ast.parse(path.read_text())
         top = {id(n) for n in tree.body}
+        # Imports under `if TYPE_CHECKING:` only name types for annotations: they never run.
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+                       for stmt in block.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             names = []
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bpfdeploy"):
                 names = [node.module] if node.module != "bpfdeploy" else [f"bpfdeploy.{a.name}" for a in node.names]

@@ -1,10 +1,12 @@
 """Carry out a Plan: the only module that changes the kernel.
 
-Every step records how to undo it. Steps run in the plan's order (cgroups, maps, programs,
-attachments); replacements are staged beside what they replace and swapped in at the end
-(a rename of the pin, or an atomic link update), so until the commit the old programs keep
-running untouched. If any step fails, the undo journal runs in reverse and the host is left
-as it was, map contents included. Deletions run last, after every creation succeeded.
+Apply executes the plan's actions in the plan's order (the planner orders them: leftovers of
+a killed apply, cgroups, maps, programs, qdiscs and attachments, then deletions), one executor
+per resource kind, reading each action's typed payload; it decides nothing the plan could.
+Every step records how to undo it. Replacements are staged beside what they replace and
+swapped in at the commit (a rename of the pin, or an atomic link update), so until then the
+old programs keep running untouched. If any step fails, the undo journal runs in reverse and
+the host is left as it was, map contents included. Deletions run after the commit.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,8 +24,8 @@ from bpfdeploy.load_errors import load_failure_message, name_in_log
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.live import LiveState
-from bpfdeploy.plan import STAGING_SUFFIX, Action, Kind, Plan, Resource
-from bpfdeploy.hooks import TC_EGRESS, TC_INGRESS
+from bpfdeploy.plan import (STAGING_SUFFIX, Action, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Plan, Qdisc,
+                            Resource, TcFilter, TcFilterRemoval, WriteEntries, XdpTakeover)
 from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
                               write_record)
 
@@ -103,7 +105,8 @@ class _Run:
         owned = live.record.pins if live.record else ()
         self.pins: set[str] = set(live.pinned if owned is None else owned)
         self.digests: dict[str, str] = {}
-        self.plan_deletes_extra: list[LegacyAttachment] = []  # old hooks of moved legacy attaches
+        self.retired: list[LegacyDetach | TcFilterRemoval] = []  # old hooks of moved attaches, after the commit
+        self.loaded_objects: set[str] = set()  # objects whose programs of this plan are loaded
         self.journal = Journal(desired.name, state_dir)
         self.skipped: set[str] = set()  # optional attachments that failed in this run
         # Test hooks (fail at a step, or pause there so a test can kill the process), read once.
@@ -155,33 +158,26 @@ class _Run:
 
     # -- the run
     def execute(self) -> None:
+        """Every action but deletions, in the plan's order, then the commit (deletions follow it)."""
+        executors = {Resource.CGROUP: self._cgroup, Resource.MAP: self._map, Resource.PROGRAM: self._program,
+                     Resource.QDISC: self._qdisc, Resource.ATTACHMENT: self._attachment_of_plan,
+                     Resource.ACCESS: self._access}
+        dirs_ready = False
         for a in self.plan.actions:
-            if a.kind is Kind.DELETE and "early" in a.details:
+            if isinstance(a.payload, Cleanup):
                 self._step(a)
                 os.unlink(a.live_pin)  # garbage of a killed apply: nothing to undo
                 self._mut()
                 self._done(a)
-        self._ensure_dirs()
-        actions = [a for a in self.plan.actions if a.kind is not Kind.DELETE]
-        for a in actions:
-            if a.resource is Resource.CGROUP:
-                self._cgroup(a)
-        for a in actions:
-            if a.resource is Resource.MAP:
-                self._map(a)
-        self._programs([a for a in actions if a.resource is Resource.PROGRAM])
-        for a in actions:
-            if a.resource is Resource.QDISC and a.kind is Kind.CREATE:
-                self._qdisc(a)
-        for a in actions:
-            if a.resource is Resource.ATTACHMENT:
-                if isinstance(a.desired, DesiredAttachment) and a.desired.optional:
-                    self._optional_attachment(a)
-                else:
-                    self._attachment(a)
-        for a in actions:
-            if a.resource is Resource.ACCESS and a.kind is Kind.UPDATE:
-                self._access(a)
+                continue
+            if a.kind is Kind.DELETE:
+                continue  # after the commit: commit_deletes
+            if not dirs_ready:
+                self._ensure_dirs()
+                dirs_ready = True
+            executors[a.resource](a)
+        if not dirs_ready:
+            self._ensure_dirs()
         self.current = "commit"
         for staged, final in self.renames:
             os.rename(staged, final)
@@ -220,8 +216,10 @@ class _Run:
 
     def _access(self, a: Action) -> None:
         """Fix the owner, group or mode of an existing pin; undo puts the old ones back."""
+        if a.kind is not Kind.UPDATE:
+            return
         self._step(a)
-        path = a.details[0]
+        path = a.live_pin
         st = os.lstat(path)
         self._set_access(path, a.desired)
 
@@ -250,9 +248,9 @@ class _Run:
         if a.kind is Kind.NOOP:
             return
         self._step(a)
-        if a.kind in (Kind.CREATE, Kind.REPLACE):
-            user = next((p for p in self.d.programs if any(outer == m.name for _i, outer in p.maps)), None)
-            inner = next(i for i, outer in user.maps if outer == m.name)
+        if isinstance(a.payload, NewMap):
+            new: NewMap = a.payload
+            user = self.d.program(new.loader)
             try:
                 loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
             except KernelError as exc:
@@ -262,7 +260,7 @@ class _Run:
                     self.current = f"{a.kind.value} map/{outer}"
                 raise KernelError(message, exc.errno, name_in_log(exc.log, str(user.object_path), user.origin)) from None
             try:
-                fd = self._fd(os.dup(loaded.map_fds[inner]))
+                fd = self._fd(os.dup(loaded.map_fds[new.inner]))
             finally:
                 loaded.close()  # an open object keeps its ELF and BTF in memory: close it at once
             target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
@@ -275,12 +273,13 @@ class _Run:
             if a.kind is Kind.REPLACE:
                 self.renames.append((target, str(m.pin)))
             self.map_fds[m.name] = fd
-            for key, value in m.entries:
+            for key, value in new.entries:
                 libbpf.map_update(fd, key, value)
                 self._mut()
-        else:  # UPDATE: write the listed entries, remembering what was there
+        else:  # WriteEntries: write the entries that differ, remembering what was there
+            writes: WriteEntries = a.payload
             fd = self._map_fd(m.name)
-            for key, value in a.details:
+            for key, value in writes.entries:
                 old = libbpf.map_lookup(fd, key, m.geometry.value_size)
                 libbpf.map_update(fd, key, value)
                 self._mut()
@@ -295,53 +294,55 @@ class _Run:
             self.map_fds[name] = self._fd(libbpf.obj_get(str(self.d.map(name).pin)))
         return self.map_fds[name]
 
-    def _programs(self, actions: list[Action]) -> None:
-        for a in actions:
-            if a.kind is Kind.NOOP:
-                self.prog_ids[a.desired.pin_name] = a.live_id
-                self.digests[str(a.live_id)] = a.desired.digest
-        todo = [a for a in actions if a.kind in (Kind.CREATE, Kind.REPLACE)]
-        by_object: dict[str, list[Action]] = {}
-        for a in todo:
-            by_object.setdefault(a.desired.object, []).append(a)
-        for group in by_object.values():
-            first: DesiredProgram = group[0].desired
-            for a in group:
-                self._step(a)
-            reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
-            try:
-                loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
-                                            {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
-                                             for a in group}, reuse, dict(first.globals))
-            except KernelError as exc:
-                failure, message = load_failure_message(first.object, first.origin, exc)
-                culprit = next((a for a in group if a.desired.function == failure.item), None) \
-                    if failure.item_kind == "program" else None
-                if culprit is not None:  # blame the program libbpf names, not the last one stepped into
-                    self.current = f"{culprit.kind.value} {culprit.address}"
-                raise KernelError(message, exc.errno, name_in_log(exc.log, str(first.object_path), first.origin)) from None
-            try:
-                fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
-            finally:
-                loaded.close()  # the programs live on through the fds and pins
-            for a in group:
-                p: DesiredProgram = a.desired
-                fd = fds[p.function]
-                target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
-                self._own(target, str(p.pin))
-                libbpf.obj_pin(fd, target)
-                self._mut()
-                self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
-                if p.access is not None:
-                    self._set_access(target, p.access)
-                if a.kind is Kind.REPLACE:
-                    self.renames.append((target, str(p.pin)))
-                self.prog_pins[p.pin_name] = target
-                self.prog_fds[p.pin_name] = fd
-                self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
-                self.digests[str(self.prog_ids[p.pin_name])] = p.digest
-                self._journal({"digest": [self.prog_ids[p.pin_name], p.digest]})
-                self._done(a)
+    def _program(self, a: Action) -> None:
+        if a.kind is Kind.NOOP:
+            self.prog_ids[a.desired.pin_name] = a.live_id
+            self.digests[str(a.live_id)] = a.desired.digest
+            return
+        obj = a.desired.object
+        if obj in self.loaded_objects:
+            return  # loaded with the first program of its object
+        self.loaded_objects.add(obj)
+        # One load per object: every program of this plan's that comes from it is loaded together.
+        group = [x for x in self.plan.actions if x.resource is Resource.PROGRAM
+                 and x.kind in (Kind.CREATE, Kind.REPLACE) and x.desired.object == obj]
+        first: DesiredProgram = group[0].desired
+        for a in group:
+            self._step(a)
+        reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
+        try:
+            loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
+                                        {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
+                                         for a in group}, reuse, dict(first.globals))
+        except KernelError as exc:
+            failure, message = load_failure_message(first.object, first.origin, exc)
+            culprit = next((a for a in group if a.desired.function == failure.item), None) \
+                if failure.item_kind == "program" else None
+            if culprit is not None:  # blame the program libbpf names, not the last one stepped into
+                self.current = f"{culprit.kind.value} {culprit.address}"
+            raise KernelError(message, exc.errno, name_in_log(exc.log, str(first.object_path), first.origin)) from None
+        try:
+            fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
+        finally:
+            loaded.close()  # the programs live on through the fds and pins
+        for a in group:
+            p: DesiredProgram = a.desired
+            fd = fds[p.function]
+            target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
+            self._own(target, str(p.pin))
+            libbpf.obj_pin(fd, target)
+            self._mut()
+            self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+            if p.access is not None:
+                self._set_access(target, p.access)
+            if a.kind is Kind.REPLACE:
+                self.renames.append((target, str(p.pin)))
+            self.prog_pins[p.pin_name] = target
+            self.prog_fds[p.pin_name] = fd
+            self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
+            self.digests[str(self.prog_ids[p.pin_name])] = p.digest
+            self._journal({"digest": [self.prog_ids[p.pin_name], p.digest]})
+            self._done(a)
 
     def _prog_fd(self, pin_name: str) -> int:
         if pin_name not in self.prog_fds:
@@ -444,24 +445,22 @@ class _Run:
         from bpfdeploy.kernel import netns
 
         att: DesiredAttachment = a.desired
-        priority, handle, old = a.details
-        direction = "ingress" if att.attach_type.value == TC_INGRESS else "egress"
+        tc: TcFilter = a.payload
         prog = self.d.program(att.program)
         pin = self.prog_pins.get(att.program, str(prog.pin))  # the staged pin of a program replaced now
-        base = ["tc", "filter", "replace", "dev", att.device, direction, "pref", str(priority), "handle",
-                str(handle), "bpf", "da", "pinned"]
-        self._tc_run(netns.command(base + [pin], att.netns))
-        if a.kind is Kind.UPDATE and old is not None:
+        base = ["tc", "filter", "replace", "dev", tc.device, tc.direction, "pref", str(tc.priority), "handle",
+                str(tc.handle), "bpf", "da", "pinned"]
+        self._tc_run(netns.command(base + [pin], tc.netns))
+        if a.kind is Kind.UPDATE and tc.old is not None:
             self.undo.push(f"put back tc filter {att.name}",
-                           lambda: self._tc_run(netns.command(base + [str(prog.pin)], att.netns)))
+                           lambda: self._tc_run(netns.command(base + [str(prog.pin)], tc.netns)))
         else:
-            self.undo.push(f"delete tc filter {att.name}", lambda: self._tc_run(netns.command(
-                ["tc", "filter", "del", "dev", att.device, direction, "pref", str(priority), "handle", str(handle),
-                 "bpf"], att.netns)))
-        if a.kind is Kind.REPLACE and old is not None:
-            self.plan_deletes_extra.append(old)  # the filter at its old place goes after the commit
+            removal = TcFilterRemoval(tc.device, tc.netns, tc.direction, tc.priority, tc.handle)
+            self.undo.push(f"delete tc filter {att.name}", lambda: self._delete_tc_filter(removal))
+        if tc.retire is not None:
+            self.retired.append(tc.retire)  # the filter at its old place goes after the commit
         self.legacy[att.name] = LegacyAttachment(att.name, att.attach_type.value, att.target,
-                                                 self.prog_ids[att.program], 0, priority, handle)
+                                                 self.prog_ids[att.program], 0, tc.priority, tc.handle)
         self._journal({"legacy": vars_of(self.legacy[att.name])})
 
     def _tc_run(self, argv: list[str]) -> None:
@@ -475,24 +474,27 @@ class _Run:
     def _qdisc(self, a: Action) -> None:
         from bpfdeploy.kernel import netns
 
+        if a.kind is not Kind.CREATE:
+            return
         att: DesiredAttachment = a.desired
+        q: Qdisc = a.payload
         self._step(a)
         self._journal({"qdisc": att.target})
-        self._tc_run(netns.command(["tc", "qdisc", "add", "dev", att.device, "clsact"], att.netns))
-        self.undo.push(f"delete clsact on {att.device}", lambda: self._tc_run(
-            netns.command(["tc", "qdisc", "del", "dev", att.device, "clsact"], att.netns)))
+        self._tc_run(netns.command(["tc", "qdisc", "add", "dev", q.device, "clsact"], q.netns))
+        self.undo.push(f"delete clsact on {q.device}", lambda: self._tc_run(
+            netns.command(["tc", "qdisc", "del", "dev", q.device, "clsact"], q.netns)))
         self.created_qdiscs.add(att.target)
         self._done(a)
 
     def _optional_attachment(self, a: Action) -> None:
         """An attachment whose failure is a warning: its own steps are undone, the rest goes on."""
         att: DesiredAttachment = a.desired
-        marks = len(self.undo.steps), len(self.renames), len(self.plan_deletes_extra)
+        marks = len(self.undo.steps), len(self.renames), len(self.retired)
         try:
             self._attachment(a)
         except Exception as exc:  # KeyboardInterrupt and the like still roll everything back
             steps = self.undo.steps[marks[0]:]
-            del self.undo.steps[marks[0]:], self.renames[marks[1]:], self.plan_deletes_extra[marks[2]:]
+            del self.undo.steps[marks[0]:], self.renames[marks[1]:], self.retired[marks[2]:]
             for what, fn in reversed(steps):
                 try:
                     fn()
@@ -512,14 +514,20 @@ class _Run:
     def _previous_legacy(a: Action) -> LegacyAttachment | None:
         if a.kind is Kind.CREATE:
             return None
-        found = [d for d in a.details if isinstance(d, LegacyAttachment)]
-        return found[0] if found else None
+        payload = a.payload
+        return payload.old if isinstance(payload, (LegacyAttach, TcFilter)) else None
+
+    def _attachment_of_plan(self, a: Action) -> None:
+        if isinstance(a.desired, DesiredAttachment) and a.desired.optional:
+            self._optional_attachment(a)
+        else:
+            self._attachment(a)
 
     def _attachment(self, a: Action) -> None:
         att: DesiredAttachment = a.desired
-        if att.attach_type.tc_filter:
+        if isinstance(a.payload, TcFilter):
             if a.kind is Kind.NOOP:
-                self.legacy[att.name] = a.details[2]
+                self.legacy[att.name] = a.payload.old
                 return
             self._step(a)
             self._prog_fd(att.program)
@@ -529,12 +537,12 @@ class _Run:
             self._done(a)
             return
         if a.kind is Kind.NOOP:
-            if att.mode.legacy and a.details:
-                self.legacy[att.name] = a.details[1]
+            if isinstance(a.payload, LegacyAttach) and a.payload.old is not None:
+                self.legacy[att.name] = a.payload.old
             return
         self._step(a)
         prog_fd = self._prog_fd(att.program)
-        if not att.mode.legacy:
+        if not isinstance(a.payload, LegacyAttach):
             if a.kind is Kind.UPDATE:
                 link_fd = self._fd(libbpf.obj_get(str(att.pin)))
                 old_prog = libbpf.link_info(link_fd).prog_id
@@ -543,8 +551,8 @@ class _Run:
                 self._mut()
                 self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: libbpf.link_update(l, o))
             else:
-                if "xdp_takeover" in a.details:
-                    self._xdp_takeover(att, a.details[1])
+                if isinstance(a.payload, XdpTakeover):
+                    self._xdp_takeover(att, a.payload.holder_pin)
                 self._journal({"link_target": [att.name, self._link_target(att)]})
                 link_fd = self._fd(self._make_link(att, prog_fd))
                 self._mut()
@@ -556,8 +564,8 @@ class _Run:
                 if a.kind is Kind.REPLACE:
                     self.renames.append((target, str(att.pin)))
         else:
-            flags = a.details[0]
-            old: LegacyAttachment | None = a.details[1] if len(a.details) > 1 else None
+            legacy: LegacyAttach = a.payload
+            flags, old = legacy.flags, legacy.old
             target_fd = self._target_fd(att)
             at = att.attach_type.value
             if a.kind is Kind.UPDATE and old is not None:
@@ -568,8 +576,7 @@ class _Run:
                 self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(
                     old_fd, target_fd, at, flags, prog_fd if replace_fd is not None else None))
             else:
-                same_hook = old is not None and (old.target, old.attach_type) == (att.target, at)
-                if a.kind is Kind.REPLACE and same_hook:
+                if legacy.detach_first:
                     # Only the flags change, and the kernel refuses mixed flags: detach first (a gap).
                     old_fd = self._fd(libbpf.prog_fd_by_id(old.prog_id))
                     libbpf.prog_detach(old_fd, target_fd, at)
@@ -578,8 +585,8 @@ class _Run:
                 libbpf.prog_attach(prog_fd, target_fd, at, flags)
                 self._mut()
                 self.undo.push(f"detach {att.name}", lambda: libbpf.prog_detach(prog_fd, target_fd, at))
-                if a.kind is Kind.REPLACE and old is not None and not same_hook:
-                    self.plan_deletes_extra.append(old)
+                if legacy.retire is not None:
+                    self.retired.append(legacy.retire)
             self.legacy[att.name] = LegacyAttachment(att.name, at, att.target, self.prog_ids[att.program], flags)
             self._journal({"legacy": {"name": att.name, "attach_type": at, "target": att.target,
                                       "prog_id": self.prog_ids[att.program], "flags": flags}})
@@ -587,19 +594,19 @@ class _Run:
 
     # -- after commit
     def commit_deletes(self) -> None:
-        for old in list(self.plan_deletes_extra):
-            self._detach_legacy(old)
+        for retired in self.retired:
+            self._remove_old_hook(retired)
         for a in self.plan.actions:
-            if a.kind is not Kind.DELETE or "early" in a.details:
+            if a.kind is not Kind.DELETE or isinstance(a.payload, Cleanup):
                 continue
             self.current = f"delete {a.address}"
             if self.on_step:
                 self.on_step(a)
             try:
-                if a.resource is Resource.ATTACHMENT and not a.live_pin:
-                    self._detach_legacy(a.details[1])
+                if isinstance(a.payload, (LegacyDetach, TcFilterRemoval)):
+                    self._remove_old_hook(a.payload)
                 elif a.resource is Resource.QDISC:
-                    if not self._delete_qdisc(a.live_pin):
+                    if not self._delete_qdisc(a.live_pin, a.payload):
                         continue  # kept (it still holds filters): said in a warning
                 elif a.resource is Resource.CGROUP:
                     try:
@@ -626,15 +633,17 @@ class _Run:
         self.current = ""
         self._remove_empty_dirs()
 
-    def _detach_legacy(self, old: LegacyAttachment) -> None:
-        if old.attach_type in (TC_INGRESS, TC_EGRESS):
-            from bpfdeploy.kernel import netns
+    def _delete_tc_filter(self, f: TcFilterRemoval) -> None:
+        from bpfdeploy.kernel import netns
 
-            device, _, ns = old.target.partition("@")
-            direction = "ingress" if old.attach_type == TC_INGRESS else "egress"
-            self._tc_run(netns.command(["tc", "filter", "del", "dev", device, direction, "pref", str(old.priority),
-                                        "handle", str(old.handle), "bpf"], ns or None))
+        self._tc_run(netns.command(["tc", "filter", "del", "dev", f.device, f.direction, "pref", str(f.priority),
+                                    "handle", str(f.handle), "bpf"], f.netns))
+
+    def _remove_old_hook(self, what: LegacyDetach | TcFilterRemoval) -> None:
+        if isinstance(what, TcFilterRemoval):
+            self._delete_tc_filter(what)
             return
+        old = what.old
         flags = os.O_RDONLY | os.O_DIRECTORY
         try:
             target_fd = os.open(old.target, flags)
@@ -652,13 +661,15 @@ class _Run:
             os.close(prog_fd)
             os.close(target_fd)
 
-    def _delete_qdisc(self, target: str) -> bool:
-        """Remove a clsact qdisc we added, unless filters (anyone's) are still on it."""
+    def _delete_qdisc(self, target: str, q: Qdisc) -> bool:
+        """Remove a clsact qdisc we added, unless filters (anyone's) are still on it.
+
+        The filters are read again here, at the moment of deleting: another tool may have added
+        one since the plan was made, and a qdisc holding its filter must stay."""
         from bpfdeploy.kernel import netns, runner
         from bpfdeploy.kernel.live import parse_tc_filters
 
-        device, _, ns = target.partition("@")
-        ns = ns or None
+        device, ns = q.device, q.netns
         if ns and not os.path.exists(ns):
             self.created_qdiscs.discard(target)
             return False

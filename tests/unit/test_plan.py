@@ -35,7 +35,8 @@ from bpfdeploy.kernel.live import (
     parse_programs,
 )
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
-from bpfdeploy.plan import PLAN_FORMAT, STAGING_SUFFIX, Kind, Resource, plan
+from bpfdeploy.plan import (PLAN_FORMAT, STAGING_SUFFIX, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Resource,
+                            WriteEntries, plan)
 from bpfdeploy.record import LegacyAttachment, Record
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bpftool"
@@ -266,7 +267,9 @@ def test_nothing_live_creates_everything_in_dependency_order():
         [Resource.CGROUP] + [Resource.MAP] * len(state.maps) + [Resource.PROGRAM] * len(state.programs)
         + [Resource.ATTACHMENT] * len(state.attachments))
     assert p.actions[0].address == f"cgroup:{CGROUP}"  # once, though three attachments use it
-    assert by_address(p)["map/blocked_ports"].details == ENTRIES["blocked_ports"]
+    new_map = by_address(p)["map/blocked_ports"].payload
+    assert isinstance(new_map, NewMap) and new_map.entries == ENTRIES["blocked_ports"]
+    assert new_map.inner == "blocked_ports" and state.program(new_map.loader) is not None  # the planner picks it
     assert p.counts()["create"] == len(p.actions)
 
 
@@ -406,7 +409,7 @@ def test_enforced_entries_that_differ_update_the_map(live_value):
     p = plan(desired(), live_state(map_values=values))
     assert changed(p) == {"map/blocked_ports": Kind.UPDATE}
     action = by_address(p)["map/blocked_ports"]
-    assert action.details == ((u32(9), u32(1)),)  # only the entries that differ
+    assert action.payload == WriteEntries(((u32(9), u32(1)),))  # only the entries that differ
     assert action.live_id == index_by_pin(ALL_MAPS, ROOT)[pin("maps/blocked_ports")].id
 
 
@@ -480,7 +483,7 @@ def test_foreign_program_on_a_multi_legacy_hook_is_a_conflict():
     assert p.errors == ()
     assert len(p.conflicts) == 1 and f"id {foreign}" in p.conflicts[0]
     assert by_address(p)["attach/ingress"].kind is Kind.CREATE
-    assert by_address(p)["attach/ingress"].details == (BPF_F_ALLOW_MULTI,)
+    assert by_address(p)["attach/ingress"].payload == LegacyAttach(BPF_F_ALLOW_MULTI)
 
 
 @pytest.mark.parametrize("flags", [0, BPF_F_ALLOW_OVERRIDE], ids=["exclusive", "override"])
@@ -508,9 +511,9 @@ def test_pins_no_longer_desired_are_deleted_links_then_programs_then_maps():
     state = desired(objects=("counters", "sockops", "sockredir"), attachments=ATTACHMENTS[:2] + ATTACHMENTS[3:])
     p = plan(state, live_state(without=(), hooks_=recorded_hooks(include_foreign=False)))
     # The staged pin of a killed apply is removed first, before anything is staged again.
-    assert p.actions[0].address == f"pin/{STAGED_PROG}" and p.actions[0].details == ("early",)
+    assert p.actions[0].address == f"pin/{STAGED_PROG}" and p.actions[0].payload == Cleanup()
     assert "interrupted apply" in p.actions[0].reason
-    deletes = [a for a in p.actions if a.kind is Kind.DELETE and "early" not in a.details]
+    deletes = [a for a in p.actions if a.kind is Kind.DELETE and not isinstance(a.payload, Cleanup)]
     assert p.actions[-len(deletes):] == tuple(deletes)  # after every other action
     assert [a.address for a in deletes] == [
         "attach/connect", "attach/egress", "attach/old-egress",
@@ -532,7 +535,7 @@ def test_staged_link_left_by_an_interrupted_apply_is_deleted():
     p = plan(desired(), live)
     assert changed(p) == {f"pin/links/ingress{STAGING_SUFFIX}": Kind.DELETE}
     assert "interrupted apply" in p.changes[0].reason
-    assert p.changes[0].details == ("early",) and p.actions[0] is p.changes[0]
+    assert p.changes[0].payload == Cleanup() and p.actions[0] is p.changes[0]
 
 
 def test_destroy_deletes_everything_under_the_pin_root():
@@ -551,8 +554,8 @@ def test_destroy_deletes_everything_under_the_pin_root():
     groups = [a.resource.value for a in p.actions]
     assert groups == (["pin"] + ["attach"] * (1 + len(live.links)) + ["prog"] * (len(live.programs) - 1)
                       + ["map"] * len(live.maps) + ["cgroup"])
-    assert p.actions[0].details == ("early",)  # the staged program pin goes first
-    assert p.actions[1].address == "attach/legacy-sysctl" and p.actions[1].details == (0, legacy)
+    assert p.actions[0].payload == Cleanup()  # the staged program pin goes first
+    assert p.actions[1].address == "attach/legacy-sysctl" and p.actions[1].payload == LegacyDetach(legacy)
     assert p.actions[-1].address == f"cgroup:{CGROUP}"  # not the one already gone
     assert all(a.reason.startswith("removed by destroy") for a in p.actions
                if a.resource in (Resource.PROGRAM, Resource.MAP) or a.live_pin.startswith(pin("links/")))
@@ -620,7 +623,7 @@ def test_pin_access_drift_is_an_update_and_matching_access_a_noop():
     p = plan(state, live)
     assert changed(p) == {f"access/map/{name}": Kind.UPDATE}
     action = by_address(p)[f"access/map/{name}"]
-    assert action.resource is Resource.ACCESS and action.details == (map_pin,)
+    assert action.resource is Resource.ACCESS and action.live_pin == map_pin
     assert (action.before, action.after) == ("owner 0 group 0 mode 0600", "group metrics mode 0640")
     assert by_address(p)["access/pin_root"].kind is Kind.NOOP  # mode 0755 as asked; owner/group not asked
 
