@@ -5,7 +5,8 @@ Run as root from the repository (``make reliability`` does this):
 
     .venv/bin/python bench/reliability.py [--rounds N] [--manifests N] [--seed S] [--json PATH]
 
-Three scenarios, all on the real kernel, each through the ``bpfdeploy`` command line:
+Four scenarios, all on the real kernel, each through the ``bpfdeploy`` command line
+(``--scenarios abcd`` picks some):
 
 (a) fault injection: a multi-step upgrade of a counter deployment (a replaced program whose
     map holds values, a changed map entry, a new object whose program is attached on a new
@@ -23,6 +24,15 @@ Three scenarios, all on the real kernel, each through the ``bpfdeploy`` command 
     kernel must not change: our deployments (pins, program ids, links, map contents), the
     bpffs tree, program ids, the cgroup v2 root's attachments and directories, network
     namespaces. Mutants that are valid (plan succeeds) are counted and skipped, never applied.
+(d) confinement (issue 17): with the counter deployment live, a symlink or a pin bpfdeploy did
+    not make is put at every kind of place in its pin root (maps/, progs/ or links/ replaced by
+    a symlink to a bpffs directory outside; a symlinked directory, a symlink to an outside pin,
+    to our own pin, a dangling one; a foreign pin in each directory, at the top, nested, named
+    like a staged pin), at the paths a fresh pin root would use, and above a pin root. ``plan``,
+    ``apply`` and ``destroy`` must each exit 1 naming the path, never say "No changes", and
+    change nothing (pins and their objects under the pin root and the outside directory, the
+    bpffs tree by lstat, map contents, hooks); once the placement is removed, the deployment must
+    be in sync again.
 
 Everything it creates is named rel<random>: deployments, pin roots under
 /sys/fs/bpf/bpfdeploy-bench/, cgroups under the cgroup v2 mount, a network namespace, and a
@@ -106,6 +116,9 @@ class Figures:
     bad_manifests: dict = field(default_factory=lambda: dict(
         generated=0, tried=0, valid_skipped=0, exit_1_with_diagnostic=0, wrong_exit=0, no_diagnostic=0,
         internal_errors=0, known_bugs={}, lost_data=0, kernel_changes=0, unrelated_changes_seen=0))
+    confinement: dict = field(default_factory=lambda: dict(
+        placements=0, tried=0, refused_unchanged=0, wrong_exit=0, not_named=0, said_no_changes=0, kernel_changes=0,
+        restored_in_sync=0))
     final: dict = field(default_factory=lambda: dict(programs_still_count=None, left_behind_after_cleanup=None))
     problems: list[Problem] = field(default_factory=list)
 
@@ -663,6 +676,140 @@ def bad_manifests(b: Bench, count: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# (d) confinement
+
+
+def _tree(*tops: Path) -> dict[str, str]:
+    """Every entry under tops, by lstat (nothing followed): a directory, a pin, or a symlink and its target."""
+    out = {}
+    for top in tops:
+        for dirpath, dirs, files in os.walk(top):
+            for name in dirs + files:
+                path = os.path.join(dirpath, name)
+                out[path] = ("-> " + os.readlink(path)) if os.path.islink(path) else \
+                    "dir" if os.path.isdir(path) else "pin"
+    return out
+
+
+def _foreign_pin(path: Path) -> None:
+    """A pin bpfdeploy did not make: a map created by bpftool."""
+    run(["bpftool", "map", "create", str(path), "type", "array", "key", "4", "value", "4", "entries", "1",
+         "name", "theirs"], check=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def confinement(b: Bench) -> None:
+    """Every symlink and foreign-pin placement under a live pin root (and a fresh one, and above one):
+    plan, apply and destroy must each exit 1 naming the path, never say "No changes", and change
+    nothing; once the placement is removed, the deployment is in sync again."""
+    fig = b.figures.confinement
+    root, cgroups = b.pin_root("counter"), [b.cgroup("a"), b.cgroup("b")]
+    live = b.counter_manifest(key=0, limit=1, extra=False)
+    b.cli_ok("apply", live)
+    outside = b.pin_root("outside")
+    outside.mkdir(parents=True)
+    _foreign_pin(outside / "theirs")
+    fresh_root = b.pin_root("fresh")
+    fresh = b.tmp / "fresh.yaml"
+    fresh.write_text(yaml.safe_dump({"version": 1, "name": f"{b.id}-fresh", "pin_root": str(fresh_root),
+                                     "objects": {"counter": {"source": str(b.tmp / "counter.bpf.c")}}}))
+    via = PIN_BASE / f"{b.id}-via"
+    above = b.tmp / "via.yaml"
+    above.write_text(yaml.safe_dump({"version": 1, "name": f"{b.id}-via", "pin_root": str(via / "dep"),
+                                     "objects": {"counter": {"source": str(b.tmp / "counter.bpf.c")}}}))
+
+    def moved_dir(d: str):
+        def setup() -> None:
+            os.rename(root / d, outside / f"moved-{d}")
+            os.symlink(outside / f"moved-{d}", root / d)
+
+        def teardown() -> None:
+            (root / d).unlink()
+            os.rename(outside / f"moved-{d}", root / d)
+        return setup, teardown
+
+    def symlink(link: Path, target: Path):
+        return (lambda: os.symlink(target, link)), (lambda: link.unlink())
+
+    def pin_at(path: Path):
+        def setup() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _foreign_pin(path)
+        made_dir = not path.parent.exists()
+        return setup, (lambda: _remove(path.parent if made_dir else path))
+
+    placements: list[tuple[str, Path, Path, object, object]] = []  # (what, manifest, named path, setup, teardown)
+    for d in ("maps", "progs", "links"):
+        placements.append((f"{d}/ replaced by a symlink to a bpffs directory outside", live, root / d, *moved_dir(d)))
+    for d in ("maps", "progs", "links", ""):
+        where = root / d if d else root
+        placements.append((f"a symlinked directory in {d or 'the pin root'}", live, where / "sub",
+                           *symlink(where / "sub", outside)))
+        placements.append((f"a symlink to an outside pin in {d or 'the pin root'}", live, where / "alias",
+                           *symlink(where / "alias", outside / "theirs")))
+    placements.append(("a symlink to our own pin", live, root / "maps" / "alias",
+                       *symlink(root / "maps" / "alias", root / "maps" / "counts")))
+    placements.append(("a dangling symlink", live, root / "progs" / "dangling",
+                       *symlink(root / "progs" / "dangling", Path("/sys/fs/bpf/nothing-here"))))
+    for rel in ("maps/theirs", "progs/theirs", "links/theirs", "theirs", "maps/sub/theirs", "maps/counts" + STAGING_SUFFIX):
+        placements.append((f"a foreign pin at {rel}", live, root / rel, *pin_at(root / rel)))
+    for rel in ("maps/counts", "maps/theirs", "progs/count_packets"):  # a fresh pin root, no record yet
+        placements.append((f"a foreign pin at {rel} of a fresh pin root", fresh, fresh_root / rel,
+                           *pin_at(fresh_root / rel)))
+    placements.append(("a symlink above the pin root", above, via, *symlink(via, outside)))
+
+    tops = [root, outside, fresh_root]
+    for what, manifest, named, setup, teardown in placements:
+        fig["placements"] += 1
+        setup()
+        try:
+            for command in ("plan", "apply", "destroy"):
+                fig["tried"] += 1
+                before = (b.deployment_snapshot(tops, cgroups), _tree(*(t for t in tops if t.exists())))
+                proc = b.cli(command, manifest)
+                after = (b.deployment_snapshot(tops, cgroups), _tree(*(t for t in tops if t.exists())))
+                output = proc.stdout + proc.stderr
+                problems = []
+                if proc.returncode != 1 or "Traceback" in output or "internal error" in output:
+                    fig["wrong_exit"] += 1
+                    problems.append(f"exit {proc.returncode}")
+                if str(named) not in output and str(named.relative_to(fresh_root if manifest is fresh else
+                                                                      via.parent if manifest is above else root)) \
+                        not in output:
+                    fig["not_named"] += 1
+                    problems.append(f"{named} not named")
+                if "No changes" in output:
+                    fig["said_no_changes"] += 1
+                    problems.append("said 'No changes'")
+                if after != before:
+                    fig["kernel_changes"] += 1
+                    problems.append("the kernel changed: " + "; ".join(
+                        _diff(before[0], after[0]) + _diff(before[1], after[1]))[:1500])
+                if problems:
+                    b.note("confinement", f"{what}: {command}: " + ", ".join(p[:80] for p in problems), output)
+                else:
+                    fig["refused_unchanged"] += 1
+        finally:
+            teardown()
+        if manifest is live:
+            code, plan = b.plan_json(live)
+            if code == 0 and not plan.get("changes") and not plan.get("diagnostics"):
+                fig["restored_in_sync"] += 1
+            else:
+                b.note("confinement", f"{what}: not in sync once removed", json.dumps(plan)[:1500])
+        else:
+            fig["restored_in_sync"] += 1 if not _tree(outside).keys() - {str(outside / "theirs")} else 0
+    print(f"  confinement: {fig['placements']} placements, {fig['refused_unchanged']} of {fig['tried']} "
+          "commands refused with nothing changed", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
 # the effect, the report
 
 
@@ -708,6 +855,10 @@ def render(b: Bench, seconds: float, args) -> None:
                   f"{bm['exit_1_with_diagnostic']} refused" + (f" (+{known} known bug)" if known else ""),
                   str(bm["lost_data"]), str(bm["kernel_changes"]),
                   str(bm["internal_errors"] + bm["wrong_exit"] + bm["no_diagnostic"]))
+    co = f.confinement
+    table.add_row(f"a symlink or foreign pin at each of {co['placements']} places in or above a pin root, "
+                  "then plan, apply, destroy", str(co["tried"]), f"{co['refused_unchanged']} refused, nothing changed",
+                  "0", str(co["kernel_changes"]), str(co["wrong_exit"] + co["not_named"] + co["said_no_changes"]))
     console = Console(width=max(shutil.get_terminal_size((120, 24)).columns, 120))
     console.print(table)
     notes = [
@@ -717,6 +868,8 @@ def render(b: Bench, seconds: float, args) -> None:
         f"{bm['internal_errors']} unknown internal errors, {bm['wrong_exit']} other exit codes, "
         f"{bm['no_diagnostic']} without a diagnostic; other processes changed the kernel during "
         f"{bm['unrelated_changes_seen']} of them (not counted)",
+        f"confinement: {co['restored_in_sync']} of {co['placements']} deployments in sync again once the placement "
+        f"was removed; {co['not_named']} refusals did not name the path, {co['said_no_changes']} said 'No changes'",
     ]
     if bm["known_bugs"]:
         notes.append("refused with an internal error of a known bug (exit 1; strict xfail in "
@@ -737,7 +890,9 @@ def failed(f: Figures) -> bool:
     return bool(f.problems or fi["lost_data"] or fi["left_state"] or fi["wrong_exit"] or sk["lost_data"]
                 or sk["leaked"] or sk["failed_to_converge"] or sk["plan_failed_after_kill"] or bm["lost_data"]
                 or bm["kernel_changes"] or bm["internal_errors"] or bm["wrong_exit"] or bm["no_diagnostic"]
-                or not f.final["programs_still_count"] or f.final["left_behind_after_cleanup"])
+                or not f.final["programs_still_count"] or f.final["left_behind_after_cleanup"]
+                or f.confinement["refused_unchanged"] != f.confinement["tried"]
+                or f.confinement["restored_in_sync"] != f.confinement["placements"])
 
 
 def _interrupt(signum, frame) -> None:
@@ -749,6 +904,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of fault injection and of SIGKILL (default 3)")
     parser.add_argument("--manifests", type=int, default=100, help="bad manifests to apply (default 100)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the manifest mutations (default 1)")
+    parser.add_argument("--scenarios", default="abcd",
+                        help="which scenarios to run: a faults, b kills, c bad manifests, d confinement (default abcd)")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "reliability.json",
                         help="where to write the figures (default bench/results/reliability.json)")
     args = parser.parse_args()
@@ -769,12 +926,13 @@ def main() -> int:
     try:
         run(["ip", "netns", "list"], check=True)
         b.cgroup("a").mkdir()
-        print("(a) fault injection", file=sys.stderr)
-        fault_injection(b, args.rounds)
-        print("(b) SIGKILL", file=sys.stderr)
-        sigkill(b, args.rounds)
-        print("(c) bad manifests", file=sys.stderr)
-        bad_manifests(b, args.manifests)
+        for letter, title, scenario, arg in (("a", "fault injection", fault_injection, (args.rounds,)),
+                                             ("b", "SIGKILL", sigkill, (args.rounds,)),
+                                             ("c", "bad manifests", bad_manifests, (args.manifests,)),
+                                             ("d", "confinement", confinement, ())):
+            if letter in args.scenarios:
+                print(f"({letter}) {title}", file=sys.stderr)
+                scenario(b, *arg)
         b.figures.final["programs_still_count"] = programs_still_count(b)
     except KeyboardInterrupt:
         interrupted = True

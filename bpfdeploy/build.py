@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -87,6 +88,52 @@ def _btf_identity() -> str:
         return "no-btf"
 
 
+class InputRefused(Exception):
+    """A source, header or object that is not read: too big, or not a regular file."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _open_input(path: Path) -> tuple[int, int]:
+    """(fd, size) of a regular file within the input limit; InputRefused for anything else.
+
+    O_NONBLOCK: opening a FIFO to read would otherwise wait for a writer.
+    """
+    from bpfdeploy.limits import max_input_bytes, too_big
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputRefused(path, f"{path} is not a regular file")
+        limit = max_input_bytes()
+        if st.st_size > limit:
+            raise InputRefused(path, too_big(str(path), st.st_size, limit))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_input(path: Path) -> bytes:
+    """A whole input file, which the size limit keeps small."""
+    fd, size = _open_input(path)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read(size + 1)
+
+
+def hash_input(h, path: Path) -> None:
+    """Feed a file to a hash in pieces: it is never held whole in memory."""
+    from bpfdeploy.limits import READ_CHUNK
+
+    fd, _size = _open_input(path)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            h.update(chunk)
+
+
 def local_headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
     """Local headers the source includes, recursively (system headers are left out)."""
     found: list[Path] = []
@@ -95,7 +142,7 @@ def local_headers(source: Path, include_dirs: tuple[Path, ...]) -> list[Path]:
     while todo:
         current = todo.pop()
         try:
-            text = current.read_bytes()
+            text = read_input(current)
         except OSError:
             continue
         for quote, name in _INCLUDE.findall(text):
@@ -122,9 +169,11 @@ def inputs_digest(obj: ObjectSpec) -> str:
     """
     h = hashlib.sha256()
     h.update(INPUTS_FORMAT.encode())
-    h.update(b"\0source\0" + obj.source.read_bytes())
+    h.update(b"\0source\0")
+    hash_input(h, obj.source)
     for header in local_headers(obj.source, obj.include_dirs):
-        h.update(b"\0header\0" + header.name.encode() + b"\0" + header.read_bytes())
+        h.update(b"\0header\0" + header.name.encode() + b"\0")
+        hash_input(h, header)
     for part in _portable_args(obj):
         h.update(b"\0arg\0" + part.encode())
     h.update(b"\0vmlinux_h\0" + (b"1" if obj.vmlinux_h else b"0"))
@@ -148,8 +197,10 @@ def file_digest(data: bytes) -> str:
 
 
 def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
-    if obj.file is not None:
-        return file_digest(obj.file.read_bytes())
+    if obj.file is not None:  # file_digest, without holding the file in memory
+        h = hashlib.sha256(BUILD_FORMAT.encode() + b"file\0")
+        hash_input(h, obj.file)
+        return h.hexdigest()
     return source_digest(inputs_digest(obj), clang_id or _clang_identity(),
                          _btf_identity() if obj.vmlinux_h else None)
 
@@ -196,8 +247,20 @@ def build_all(manifest: Manifest, on_event: Callable[[str, str], None] | None = 
     clang_id = _clang_identity()
     results: dict[str, BuiltObject] = {}
     todo: list[tuple[ObjectSpec, str, Path]] = []
+    refused: list[Diagnostic] = []
     for obj in manifest.objects:
-        digest = object_digest(obj, clang_id)
+        key = "file" if obj.file is not None else "source"
+        try:
+            digest = object_digest(obj, clang_id)
+        except InputRefused as exc:  # the checks refused the source or file itself; this is a header, or a race
+            refused.append(Diagnostic(exc.reason, str(manifest.file), f"objects.{obj.name}.{key}",
+                                      manifest.line_of(obj.where + (key,))))
+            continue
+        except OSError as exc:
+            refused.append(Diagnostic(f"{exc.filename or getattr(obj, key)} cannot be read: {exc.strerror or exc}",
+                                      str(manifest.file), f"objects.{obj.name}.{key}",
+                                      manifest.line_of(obj.where + (key,))))
+            continue
         if obj.file is not None:
             results[obj.name] = BuiltObject(obj.name, obj.file, digest, False)
             continue
@@ -206,6 +269,8 @@ def build_all(manifest: Manifest, on_event: Callable[[str, str], None] | None = 
             results[obj.name] = BuiltObject(obj.name, out, digest, False)
         else:
             todo.append((obj, digest, out))
+    if refused:
+        raise BuildError(f"{len(refused)} object(s) cannot be read", tuple(refused))
     if not todo:
         return results
     if shutil.which("clang") is None:

@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--textfile", type=Path, metavar="PATH",
                    help="write a node_exporter textfile (atomically) instead of serving; with --interval, repeatedly")
     p.add_argument("--interval", type=float, metavar="SECONDS", help="with --textfile: rewrite every SECONDS")
-    p.add_argument("--once", action="store_true", help="print the exposition once to stdout and exit")
+    p.add_argument("--once", action="store_true",
+                   help="write the exposition once and exit: to the --textfile if one is given, else to stdout")
 
     probe_p = sub.add_parser("probe", help="what this host's kernel and tools can run")
     probe_sub = probe_p.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
@@ -363,10 +364,7 @@ def cmd_metrics(args) -> int:
     prepared = prepare(args.manifest, _build_progress(args))
     registry = CollectorRegistry()
     registry.register(DeploymentCollector(prepared, lambda: status_of(prepared, args.manifest, None)))
-    if args.once:
-        sys.stdout.write(generate_latest(registry).decode())
-        return ExitCode.OK
-    if args.textfile:
+    if args.textfile:  # with --once too: --once means one write, never "to stdout instead"
         import signal
         import threading
 
@@ -374,8 +372,11 @@ def cmd_metrics(args) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while True:
             write_to_textfile(str(args.textfile), registry)  # a temporary file renamed into place
-            if not args.interval or stop.wait(args.interval):
+            if args.once or not args.interval or stop.wait(args.interval):
                 return ExitCode.OK
+    if args.once:
+        sys.stdout.write(generate_latest(registry).decode())
+        return ExitCode.OK
     host, _, port = args.listen.rpartition(":")
     server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     print(f"serving metrics of {prepared.desired.name} on http://{args.listen}/metrics", file=sys.stderr, flush=True)

@@ -21,6 +21,18 @@ class LockTimeout(BpfdeployError):
     """Another bpfdeploy process holds the deployment's lock."""
 
 
+def _holder(fd: int) -> str:
+    """'pid N' of the lock's holder, as the file says and /proc confirms.
+
+    The holder writes its pid just after it takes the lock, and a pid left by an earlier holder
+    stays in the file: only a pid that is alive is named.
+    """
+    text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    if text.isdigit() and os.path.exists(f"/proc/{text}"):
+        return f"pid {text}"
+    return "its pid is not written yet: it has just taken the lock"
+
+
 @contextmanager
 def deployment_lock(name: str, timeout: float, on_wait: Callable[[str], None] | None = None,
                     directory: Path | None = None) -> Iterator[None]:
@@ -36,16 +48,18 @@ def deployment_lock(name: str, timeout: float, on_wait: Callable[[str], None] | 
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                holder = _holder(fd)
                 if time.monotonic() >= deadline:
-                    raise LockTimeout(f"deployment {name!r} is locked by another bpfdeploy process (pid {holder}); "
+                    raise LockTimeout(f"deployment {name!r} is locked by another bpfdeploy process ({holder}); "
                                       f"gave up after {timeout:g} s (--lock-timeout)") from None
                 if on_wait and not told:
-                    on_wait(f"waiting for the lock on deployment {name!r}, held by pid {holder} ...")
+                    on_wait(f"waiting for the lock on deployment {name!r}, held by {holder} ...")
                     told = True
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # Write the new pid before cutting the file to its length: the file is never seen empty.
+        mine = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, mine, 0)
+        os.ftruncate(fd, len(mine))
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -64,8 +64,13 @@ def _code_stamps() -> list[tuple]:
 def _key(manifest: Path, cache: Path, variant: bytes = b"") -> Path:
     # variant: what the objects come from (b"": a local build; else the artifact set), so that a
     # locally built result is never served to a deploy from artifacts, or the reverse.
-    digest = hashlib.sha256(FORMAT + b"\0" + str(manifest.resolve()).encode() + b"\0" + manifest.read_bytes()
-                            + b"\0" + variant)
+    from bpfdeploy.limits import MAX_MANIFEST_BYTES
+
+    with open(manifest, "rb") as fh:
+        text = fh.read(MAX_MANIFEST_BYTES + 1)  # never more: the loader refuses a larger manifest
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise OSError(f"{manifest} is over the manifest size limit")  # not cached; the loader says why
+    digest = hashlib.sha256(FORMAT + b"\0" + str(manifest.resolve()).encode() + b"\0" + text + b"\0" + variant)
     return cache / "prepared" / f"{digest.hexdigest()}.pickle"
 
 

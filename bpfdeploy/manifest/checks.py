@@ -12,6 +12,7 @@ import difflib
 import os
 from functools import lru_cache
 import re
+import stat
 from pathlib import Path
 
 from bpfdeploy import hooks
@@ -176,6 +177,40 @@ def _is(check, path: Path) -> bool:
         return False
 
 
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _file_kind(path: Path) -> tuple[str, int]:
+    """(what the path is, its size): 'missing', 'a regular file', 'directory', 'a FIFO (named pipe)', ...
+
+    stat follows symlinks (a source may be a symlink to one); it never raises.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing", 0
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({getattr(exc, 'strerror', None) or exc})", 0
+    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+    return kind, st.st_size
+
+
+def _input_file(raw: RawManifest, where: tuple, what: str, path: Path, problems: list) -> None:
+    """A source or object file: there, a regular file, and within the input size limit."""
+    from bpfdeploy.limits import max_input_bytes, too_big
+
+    kind, size = _file_kind(path)
+    hint = f"looked for {path} (paths are relative to the manifest's directory)"
+    if kind == "missing":
+        problems.append(raw.diag(where, f"{what} not found", hint))
+    elif kind != "a regular file":
+        problems.append(raw.diag(where, f"{what} is {kind}, not a regular file", hint))
+    elif size > max_input_bytes():
+        problems.append(raw.diag(where, too_big(what, size, max_input_bytes()),
+                                 "BPF sources and objects are rarely over a few MB; nothing was read"))
+
+
 @lru_cache(maxsize=8)
 def _real(path: Path) -> Path:
     return path.resolve()
@@ -238,23 +273,23 @@ def _object(raw: RawManifest, base: Path, name: str, data: dict, problems: list,
         source = _safe_path(raw, where + ("source",), data["source"], base, problems)
         if source is None:
             return None
-        if must_exist and not _is(Path.is_file, source):
-            problems.append(raw.diag(where + ("source",), f"source file {data['source']!r} not found",
-                                     f"looked for {source} (paths are relative to the manifest's directory)"))
+        if must_exist:
+            _input_file(raw, where + ("source",), f"source file {data['source']!r}", source, problems)
     else:
         file = _safe_path(raw, where + ("file",), data["file"], base, problems)
         if file is None:
             return None
-        if must_exist and not _is(Path.is_file, file):
-            problems.append(raw.diag(where + ("file",), f"object file {data['file']!r} not found",
-                                     f"looked for {file} (paths are relative to the manifest's directory)"))
+        if must_exist:
+            _input_file(raw, where + ("file",), f"object file {data['file']!r}", file, problems)
     include_dirs = []
     for i, inc in enumerate(data.get("include_dirs") or ()):
         path = _safe_path(raw, where + ("include_dirs", i), inc, base, problems)
         if path is None:
             continue
-        if must_exist and not _is(Path.is_dir, path):
-            problems.append(raw.diag(where + ("include_dirs", i), f"include directory {inc!r} not found",
+        kind = _file_kind(path)[0] if must_exist else "a directory"
+        if kind != "a directory":
+            problems.append(raw.diag(where + ("include_dirs", i), f"include directory {inc!r} "
+                                     + ("not found" if kind == "missing" else f"is {kind}, not a directory"),
                                      f"looked for {path}"))
         include_dirs.append(path)
     if file is not None:
@@ -406,8 +441,10 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
             binary = _safe_path(raw, where + ("binary",), data["binary"], raw.path.resolve().parent, problems)
             if binary is None:
                 return None
-            if must_exist and not _is(Path.is_file, binary):
-                problems.append(raw.diag(where + ("binary",), f"binary {data['binary']!r} not found",
+            kind = _file_kind(binary)[0] if must_exist else "a regular file"
+            if kind != "a regular file":
+                problems.append(raw.diag(where + ("binary",), f"binary {data['binary']!r} "
+                                         + ("not found" if kind == "missing" else f"is {kind}, not a regular file"),
                                          f"looked for {binary}"))
             target = f"{binary.name}-{data.get('symbol', '')}{'+' + str(data['offset']) if 'offset' in data else ''}"
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ class _LineLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     """The safe loader; nodes are turned into values by _construct, which keeps lines."""
 
 
-MAX_NODES = 100_000  # a manifest is small: more nodes means an alias bomb
+MAX_NODES = 100_000  # a manifest is small: more nodes means an alias bomb or a generated monster
 
 
 class _Budget:
@@ -51,14 +52,19 @@ class _Budget:
     def __init__(self) -> None:
         self.active: set[int] = set()
         self.count = 0
+        self.seen: set[int] = set()
+        self.aliased = False  # a node was reached a second time: aliases are expanding
 
 
 def _construct(node: yaml.Node, path: tuple, lines: dict, file: str, problems: list,
                budget: _Budget | None = None) -> Any:
     budget = budget or _Budget()
     budget.count += 1
+    if id(node) in budget.seen:
+        budget.aliased = True
+    budget.seen.add(id(node))
     if budget.count > MAX_NODES:
-        raise _TooBig(node.start_mark.line + 1)
+        raise _TooBig(node.start_mark.line + 1, budget.aliased)
     if id(node) in budget.active:
         raise _Recursive(node.start_mark.line + 1)
     lines[path] = node.start_mark.line + 1
@@ -82,8 +88,8 @@ class _Recursive(Exception):
 
 
 class _TooBig(Exception):
-    def __init__(self, line: int):
-        self.line = line
+    def __init__(self, line: int, aliased: bool):
+        self.line, self.aliased = line, aliased
 
 
 def _construct_collection(node, path: tuple, lines: dict, file: str, problems: list, budget: _Budget) -> Any:
@@ -113,13 +119,36 @@ def _scalar(node: yaml.Node) -> Any:
     return _scalar_loader.construct_object(node, deep=True)
 
 
+class _TooLarge(Exception):
+    """A manifest over MAX_MANIFEST_BYTES (the message says so)."""
+
+
+def read_manifest_text(path: Path) -> str:
+    """The manifest's text, read only up to the size limit (a FIFO or /dev/zero cannot make it read on)."""
+    from bpfdeploy.limits import MAX_MANIFEST_BYTES, too_big
+
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            try:
+                size = os.fstat(fh.fileno()).st_size
+            except OSError:
+                size = 0
+            raise _TooLarge(too_big("the manifest", max(size, len(data)), MAX_MANIFEST_BYTES, setting=None))
+    return data.decode()
+
+
 def load_raw(path: Path) -> RawManifest:
     """Parse the YAML file; raise ManifestError for anything that is not a YAML mapping."""
     file = str(path)
     try:
-        text = path.read_text()
+        text = read_manifest_text(path)
     except FileNotFoundError:
         raise ManifestError(f"{file}: no such file", (Diagnostic("manifest file not found", file),)) from None
+    except _TooLarge as exc:
+        raise ManifestError(f"{file}: too big", (Diagnostic(str(exc), file, hint=(
+            "a manifest describes a few objects and attachments; generate several smaller ones"
+            " if you need more")),)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{file}: cannot read", (Diagnostic(f"cannot read the manifest: {exc}", file),)) from None
     try:
@@ -143,8 +172,10 @@ def load_raw(path: Path) -> RawManifest:
             "a YAML alias refers to a node that contains it (a loop)", file, "", exc.line,
             hint="write the value out instead of using an alias"),)) from None
     except _TooBig as exc:
-        raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
-            f"the document expands to more than {MAX_NODES} nodes (aliases that multiply)", file, "", exc.line),)) from None
+        message = (f"the document expands to more than {MAX_NODES} nodes through its aliases (aliases that multiply)"
+                   if exc.aliased else f"the document has more than {MAX_NODES} nodes (keys, values and list "
+                                       "items); a manifest is far smaller")
+        raise ManifestError(f"{file}: too big", (Diagnostic(message, file, "", exc.line),)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
