@@ -37,3 +37,25 @@ bench:
 
 bench-fleet:
 	.venv/bin/python bench/fleet.py $(BENCH_ARGS)
+
+# Install the boot-time unit: bpfdeploy.service runs `bpfdeploy apply --all` on the manifest directory
+# named in /etc/bpfdeploy/bpfdeploy.conf. bpfdeploy itself stays in this checkout's .venv (make setup);
+# $(PREFIX)/bin/bpfdeploy is a link to it. An existing bpfdeploy.conf is kept. Nothing is enabled or
+# started here: run `systemctl daemon-reload && systemctl enable bpfdeploy.service` on a systemd host.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(SYSCONFDIR)/systemd/system
+BPFDEPLOY_BIN ?= $(CURDIR)/.venv/bin/bpfdeploy
+
+.PHONY: install
+install:
+	@test -x "$(BPFDEPLOY_BIN)" || { echo "install: $(BPFDEPLOY_BIN) is missing; run make setup first" >&2; exit 1; }
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(SYSCONFDIR)/bpfdeploy/manifests"
+	ln -sfn "$(BPFDEPLOY_BIN)" "$(DESTDIR)$(PREFIX)/bin/bpfdeploy"
+	sed -e 's#/usr/local/bin/bpfdeploy#$(PREFIX)/bin/bpfdeploy#g' -e 's#/etc/bpfdeploy#$(SYSCONFDIR)/bpfdeploy#g' \
+	  packaging/systemd/bpfdeploy.service > "$(DESTDIR)$(UNITDIR)/bpfdeploy.service"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/bpfdeploy.service"
+	test -e "$(DESTDIR)$(SYSCONFDIR)/bpfdeploy/bpfdeploy.conf" || \
+	  sed -e 's#/etc/bpfdeploy#$(SYSCONFDIR)/bpfdeploy#g' packaging/bpfdeploy.conf > "$(DESTDIR)$(SYSCONFDIR)/bpfdeploy/bpfdeploy.conf"
+	@echo "installed; on a systemd host: systemctl daemon-reload && systemctl enable bpfdeploy.service"

@@ -61,8 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                                                              "for 'bpfdeploy apply FILE'")
     p.add_argument("--verify", action="store_true", help="load every new or changed program into the kernel and "
                    "free it at once (nothing pinned or attached): show which ones the verifier accepts")
-    p = from_artifacts(common(sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved "
-                                                           "plan)")))
+    p = sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved plan)")
+    p.add_argument("manifest", type=Path, nargs="?", help="the manifest file (YAML), or a plan saved by plan --out")
+    p.add_argument("--all", type=Path, metavar="DIR", dest="all_dir",
+                   help="apply every manifest in DIR (*.yaml, *.yml, in name order), each with its own lock; one "
+                        "failing does not stop the others (what bpfdeploy.service runs at boot)")
+    from_artifacts(common(p, manifest=False))
     p.add_argument("--check", action="store_true", help="plan only; change nothing")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
@@ -249,6 +253,12 @@ def cmd_plan(args) -> int:
 
 
 def cmd_apply(args, destroy: bool = False) -> int:
+    if not destroy and (args.all_dir is None) == (args.manifest is None):
+        print("usage: bpfdeploy apply [options] (FILE | --all DIR)\n"
+              "bpfdeploy apply: error: give either a manifest FILE or --all DIR", file=sys.stderr)
+        return ExitCode.USAGE
+    if not destroy and args.all_dir is not None:
+        return cmd_apply_all(args)
     from bpfdeploy.workflow import apply_deployment, summary
 
     human = None
@@ -284,6 +294,77 @@ def cmd_apply(args, destroy: bool = False) -> int:
     if applied.planned.plan.errors:
         return ExitCode.ERROR
     return ExitCode.PARTIAL if applied.partial else ExitCode.OK
+
+
+def cmd_apply_all(args) -> int:
+    """`apply --all DIR`: each manifest reported as `apply FILE` would, then one line per manifest."""
+    from bpfdeploy.workflow import apply_all, outcome_json, overall_exit_code
+
+    if args.artifacts is not None:
+        from bpfdeploy.diagnostics import HostError
+
+        raise HostError("--artifacts names the objects of one manifest; it cannot be used with --all")
+    human = None
+    if not args.json:
+        from bpfdeploy.render import human
+
+    def on_start(manifest: Path, i: int, n: int) -> None:
+        human.out.print(f"[bold]== {escape(str(manifest))} ({i}/{n}) ==[/]")
+
+    def on_plan(planned) -> None:
+        human.plan(planned.plan, verbose=args.verbose)
+        if not planned.plan.errors and planned.plan.changes and not args.check:
+            human.out.print("[bold]Applying[/]")
+
+    def on_outcome(outcome) -> None:
+        applied = outcome.applied
+        if applied is not None and applied.result is not None:
+            for w in applied.result.warnings:
+                human.out.print(f"[yellow]warning[/]: {escape(w)}")
+            human.out.print(f"[green]Apply complete.[/] {len(applied.result.done)} change(s) made.")
+        elif outcome.error is not None:
+            _report_error(outcome.error, args)
+        elif outcome.crash:
+            human.crash(outcome.crash)
+        human.out.print()
+
+    def on_wait(message: str) -> None:
+        (human.err.print(message) if human else print(message, file=sys.stderr))
+
+    from bpfdeploy.render.human import escape
+
+    outcomes = apply_all(args.all_dir, check=args.check, lock_timeout=args.lock_timeout,
+                         on_start=on_start if human else None, on_outcome=on_outcome if human else None,
+                         on_build=_build_progress(args), on_wait=on_wait, on_plan=on_plan if human else None,
+                         on_step=human.step if human else None)
+    code = overall_exit_code(outcomes)
+    if args.json:
+        from bpfdeploy.render.replies import emit
+
+        emit({"directory": str(args.all_dir), "exit_code": int(code),
+              "failed": [str(o.manifest) for o in outcomes if o.exit_code not in (ExitCode.OK, ExitCode.PARTIAL)],
+              "deployments": [outcome_json(o) for o in outcomes]})
+        return code
+    if not outcomes:
+        human.out.print(f"No manifests (*.yaml, *.yml) in {escape(str(args.all_dir))}: nothing to do.")
+        return code
+    human.out.print(f"[bold]Summary[/] of {len(outcomes)} manifest(s) in {escape(str(args.all_dir))}:")
+    width = max(len(o.manifest.name) for o in outcomes)
+    for o in outcomes:
+        color = {"changed": "green", "in sync": "green", "partial": "yellow"}.get(o.status, "red")
+        what = ""
+        if o.applied is not None:
+            what = f"deployment {o.applied.planned.plan.name}"
+            if o.applied.result is not None:
+                what += f", {len(o.applied.result.done)} change(s)"
+            if o.applied.partial:
+                what += ", optional attachment(s) not made: " + ", ".join(n for n, _ in o.applied.skipped)
+            if o.applied.planned.plan.errors:
+                what += f", {len(o.applied.planned.plan.errors)} error(s) in its plan"
+        else:
+            what = o.error.message if o.error is not None else o.crash
+        human.out.print(f"  [{color}]{o.status:<8}[/] {escape(o.manifest.name):<{width}}  {escape(what)}")
+    return code
 
 
 def cmd_destroy(args) -> int:

@@ -357,6 +357,118 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
         return Applied(planned, result, destroy)
 
 
+# -- every manifest of a directory (the boot-time unit) ----------------------------------------
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one manifest of `apply --all`: applied (``applied``) or failed (``error``).
+
+    ``exit_code`` is what `bpfdeploy apply` of that manifest alone would have exited with.
+    ``crash`` holds the one-line description of an unexpected exception (and where its
+    traceback was written); such a manifest counts as INTERNAL.
+    """
+
+    manifest: Path
+    exit_code: int
+    applied: Applied | None = None
+    error: BpfdeployError | None = None
+    crash: str = ""
+
+    @property
+    def status(self) -> str:
+        from bpfdeploy.diagnostics import ExitCode
+
+        if self.exit_code == ExitCode.OK:
+            return "changed" if self.applied is not None and self.applied.changed else "in sync"
+        return {ExitCode.PARTIAL: "partial", ExitCode.LOCKED: "locked", ExitCode.INTERNAL: "crashed"}.get(
+            self.exit_code, "failed")
+
+
+def manifests_in(directory: Path) -> tuple[Path, ...]:
+    """The manifests `apply --all DIR` applies: DIR's *.yaml and *.yml files (not hidden), sorted by name."""
+    if not directory.is_dir():
+        raise HostError(f"{directory} is not a directory of manifests")
+    return tuple(sorted(p for p in directory.iterdir()
+                        if p.suffix in MANIFEST_SUFFIXES and not p.name.startswith(".") and p.is_file()))
+
+
+def overall_exit_code(outcomes: tuple[Outcome, ...]) -> int:
+    """The worst of the manifests' exit codes: INTERNAL, then ERROR, LOCKED, PARTIAL, OK."""
+    from bpfdeploy.diagnostics import ExitCode
+
+    order = (ExitCode.INTERNAL, ExitCode.ERROR, ExitCode.LOCKED, ExitCode.PARTIAL)
+    codes = {o.exit_code for o in outcomes}
+    return next((c for c in order if c in codes), ExitCode.OK)
+
+
+def apply_all(directory: Path, *, check: bool = False, lock_timeout: float = 60,
+              on_start: Callable[[Path, int, int], None] | None = None,
+              on_outcome: Callable[[Outcome], None] | None = None, **callbacks: Any) -> tuple[Outcome, ...]:
+    """`apply --all DIR`: every manifest of DIR in name order, each with its own lock and plan.
+
+    One manifest failing (a bad manifest, a rolled-back apply, a lock held elsewhere, even a
+    crash) does not stop the others; each outcome says what happened. ``callbacks`` are passed
+    to apply_deployment (on_build, on_wait, on_plan, on_step).
+    """
+    from bpfdeploy.diagnostics import ExitCode
+    from bpfdeploy.lock import LockTimeout
+
+    require_root()
+    manifests = manifests_in(directory)
+    outcomes = []
+    for i, manifest in enumerate(manifests):
+        if on_start:
+            on_start(manifest, i + 1, len(manifests))
+        try:
+            applied = apply_deployment(manifest, check=check, lock_timeout=lock_timeout, **callbacks)
+            code = ExitCode.ERROR if applied.planned.plan.errors else \
+                ExitCode.PARTIAL if applied.partial else ExitCode.OK
+            outcome = Outcome(manifest, code, applied=applied)
+        except LockTimeout as exc:
+            outcome = Outcome(manifest, ExitCode.LOCKED, error=exc)
+        except BpfdeployError as exc:
+            outcome = Outcome(manifest, ExitCode.ERROR, error=exc)
+        except Exception as exc:  # a crash in one manifest must not keep the others from booting
+            outcome = Outcome(manifest, ExitCode.INTERNAL, crash=_crash_note(exc))
+        outcomes.append(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+    return tuple(outcomes)
+
+
+def _crash_note(exc: Exception) -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="bpfdeploy-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as fh:
+        traceback.print_exception(exc, file=fh)
+    return f"internal error: {exc!r} (traceback in {path})"
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """One manifest's entry in the `apply --all --json` reply."""
+    out: dict[str, Any] = {"manifest": str(outcome.manifest), "exit_code": int(outcome.exit_code),
+                           "status": outcome.status}
+    if outcome.applied is not None:
+        out["deployment"] = outcome.applied.planned.plan.name
+        out.update(summary(outcome.applied))
+    elif outcome.error is not None:
+        from bpfdeploy.diagnostics import ApplyError
+
+        exc = outcome.error
+        out.update(error=exc.message, diagnostics=[d.to_json() for d in exc.diagnostics])
+        if isinstance(exc, ApplyError):
+            out.update(failed_step=exc.step, detail=exc.detail, rolled_back=not exc.rollback,
+                       rollback_failures=list(exc.rollback))
+    else:
+        out["error"] = outcome.crash
+    return out
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 def status_of(prepared: Prepared, manifest: Path, stats_seconds: float | None = None) -> DeploymentStatus:

@@ -17,9 +17,12 @@ fi
 # Debian packages: the BPF tool chain, iproute2, and Python's venv; openssh-client for ssh-keygen
 # (signed artifacts: bpfdeploy build --sign-key, apply --allowed-signers); strace for the test that
 # proves a deploy from artifacts starts no clang; openssh-server for the simulated fleet (tests/fleet:
-# each test host runs its own sshd; the machine-wide one is never started, below).
+# each test host runs its own sshd; the machine-wide one is never started, below); systemd for
+# `systemd-analyze verify` of the boot unit (on a machine whose PID 1 is not systemd its maintainer
+# scripts start nothing: every systemctl call in them is guarded by /run/systemd/system; they write
+# machine-id, sysusers and tmpfiles entries).
 packages=(bpftool clang llvm libbpf-dev iproute2 python3 python3-venv make golang-go openssh-client strace
-          openssh-server)
+          openssh-server systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
