@@ -42,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Python package, in a virtual environment of Debian's python3 (no pyenv shim on the hot path).
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, jsonschema, rich, pytest, hypothesis, prometheus_client, ansible' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bpfdeploy, yaml, jsonschema, rich, pytest, hypothesis, prometheus_client, ansible.module_utils' 2>/dev/null; then
   echo "bootstrap: creating .venv"
   /usr/bin/python3 -m venv .venv
   log=$(mktemp)
