@@ -83,15 +83,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="measure run counts and run time over a window (default 1 s) with kernel.bpf_stats_enabled")
     p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
                    help="refresh a live table every SECONDS (default 2) until Ctrl-C")
+    p.add_argument("--wide", action="store_true", help="keep every table cell on one line, however wide "
+                                                       "(the default when the output is not a terminal)")
     from_artifacts(p)
     p = sub.add_parser("dump", help="a deployment map's entries, formatted through BTF")
     p.add_argument("deployment", help="deployment name or manifest file")
     p.add_argument("map", help="map name")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--wide", action="store_true", help="keep every table cell on one line, however wide")
     p.add_argument("--state-dir", type=Path, help="where deployment records live")
-    p = common(sub.add_parser("metrics", help="Prometheus metrics from the deployment's maps and programs"))
-    p.add_argument("--listen", default="127.0.0.1:9435", metavar="ADDR:PORT",
-                   help="serve /metrics over HTTP here (default 127.0.0.1:9435)")
+    p = common(sub.add_parser("metrics", help="Prometheus metrics from deployments' maps and programs, on one port"),
+               manifest=False)
+    p.add_argument("manifest", type=Path, nargs="*",
+                   help="manifests to export (omit: every deployment recorded in the state dir)")
+    p.add_argument("--all", type=Path, metavar="DIR", dest="all_dir",
+                   help="export every manifest (*.yaml) in DIR; one that fails is reported as bpfdeploy_scrape_error")
+    p.add_argument("--listen", default=None, metavar="ADDR:PORT",
+                   help="serve /metrics over HTTP here (default 127.0.0.1:19435: 9435 is ebpf_exporter's)")
     p.add_argument("--textfile", type=Path, metavar="PATH",
                    help="write a node_exporter textfile (atomically) instead of serving; with --interval, repeatedly")
     p.add_argument("--interval", type=float, metavar="SECONDS", help="with --textfile: rewrite every SECONDS")
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "allowed_signers", None) is not None and args.artifacts is None:
         parser.error("--allowed-signers needs --artifacts DIR (a local build is not signed)")
+    if getattr(args, "all_dir", None) is not None and args.manifest:
+        parser.error("metrics: give manifests or --all DIR, not both")
     if args.state_dir:
         os.environ["BPFDEPLOY_STATE_DIR"] = str(args.state_dir)
     try:
@@ -388,6 +398,7 @@ def cmd_status(args) -> int:
         else:
             from bpfdeploy.render import status as view
 
+            view.fit(args.wide)
             view.deployments(items)
         return ExitCode.OK
     prepared = prepare(args.manifest, _build_progress(args), **_artifact_args(args))
@@ -398,6 +409,7 @@ def cmd_status(args) -> int:
 
         from bpfdeploy.render import status as view
 
+        view.fit(args.wide)
         with Live(view.status_table(status_of(prepared, args.manifest, args.stats)), console=view.out,
                   refresh_per_second=4) as live_view:
             try:
@@ -414,6 +426,7 @@ def cmd_status(args) -> int:
     else:
         from bpfdeploy.render import status as view
 
+        view.fit(args.wide)
         view.out.print(view.status_table(status))
     return ExitCode.OK if status.healthy else ExitCode.DRIFTED
 
@@ -431,20 +444,28 @@ def cmd_dump(args) -> int:
     else:
         from bpfdeploy.render import status as view
 
+        view.fit(args.wide)
         view.dump(entries, f"{args.deployment} / {args.map}")
     return ExitCode.OK
 
 
 def cmd_metrics(args) -> int:
-    from prometheus_client import CollectorRegistry, generate_latest, start_http_server, write_to_textfile
+    from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 
-    from bpfdeploy.metrics import DeploymentCollector
-    from bpfdeploy.workflow import prepare, require_root, status_of
+    from bpfdeploy import exporter
+    from bpfdeploy.workflow import require_root, status_of
 
     require_root()
-    prepared = prepare(args.manifest, _build_progress(args))
+    sources = exporter.gather(args.manifest, args.all_dir, _build_progress(args))
     registry = CollectorRegistry()
-    registry.register(DeploymentCollector(prepared, lambda: status_of(prepared, args.manifest, None)))
+    registry.register(exporter.HostCollector(sources, lambda s: status_of(s.prepared, s.manifest, None)))
+    if args.json:  # one scrape as data; no server
+        from bpfdeploy.render.replies import emit
+
+        emit({"deployments": [s.prepared.desired.name for s in sources if not s.problem],
+              "unprepared": [{"manifest": str(s.manifest), "error": s.problem} for s in sources if s.problem],
+              "families": exporter.families_json(registry)})
+        return ExitCode.OK
     if args.textfile:  # with --once too: --once means one write, never "to stdout instead"
         import signal
         import threading
@@ -458,13 +479,8 @@ def cmd_metrics(args) -> int:
     if args.once:
         sys.stdout.write(generate_latest(registry).decode())
         return ExitCode.OK
-    host, _, port = args.listen.rpartition(":")
-    server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
-    print(f"serving metrics of {prepared.desired.name} on http://{args.listen}/metrics", file=sys.stderr, flush=True)
-    try:
-        thread.join()
-    except KeyboardInterrupt:
-        server.shutdown()
+    exporter.serve(registry, args.listen or exporter.DEFAULT_LISTEN,
+                   [s.prepared.desired.name for s in sources if not s.problem])
     return ExitCode.OK
 
 

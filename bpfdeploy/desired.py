@@ -197,6 +197,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         if metric.map not in map_defs:
             diag(metric.where + ("map",), f"metric {metric.name!r} reads map {metric.map!r}, which no object defines",
                  _choices(metric.map, map_defs))
+    _check_metric_fields(manifest, built, map_defs, diag)
     by_pin = {p.pin_name: p for p in programs}
     attachments: list[DesiredAttachment] = []
     for att in manifest.attachments:
@@ -255,6 +256,38 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         return None, problems
     return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments),
                         manifest.pin_root_access), problems
+
+
+def _check_metric_fields(manifest: Manifest, built: dict, map_defs: dict, diag) -> None:
+    """A metric's value field and label fields must exist in the map's BTF (when the BTF says)."""
+    wanted = [m for m in manifest.metrics if m.map in map_defs]
+    if not wanted:
+        return
+    from bpfdeploy.btf_fields import read_map_fields
+
+    fields_of: dict[str, dict] = {}  # object name -> {object map name: MapFields}
+    for metric in wanted:
+        obj_name = map_defs[metric.map][1]
+        obj = next(o for o in manifest.objects if o.name == obj_name)
+        if obj_name not in fields_of:
+            fields_of[obj_name] = read_map_fields(built[obj_name].path)
+        inner = next((i for i in fields_of[obj_name] if obj.deployment_map_name(i) == metric.map), None)
+        fields = fields_of[obj_name].get(inner) if inner else None
+        if fields is None:
+            continue
+        value = fields.value
+        if value is not None and metric.value_field is not None and metric.value_field not in value:
+            diag(metric.where + ("value",), f"metric {metric.name!r}: the value of map {metric.map!r} has no field "
+                 f"{metric.value_field!r}", ("its fields: " + ", ".join(sorted(value))) if value else
+                 "its value is a plain number: leave 'value' out")
+        elif value and metric.value_field is None:
+            diag(metric.where, f"metric {metric.name!r}: the value of map {metric.map!r} is a struct; name the field "
+                 "to read with 'value'", "its fields: " + ", ".join(sorted(value)))
+        for j, label in enumerate(metric.labels):
+            if fields.key is not None and label.field is not None and label.field not in fields.key:
+                diag(metric.where + ("labels", j, "field"), f"metric {metric.name!r}: the key of map {metric.map!r} "
+                     f"has no field {label.field!r}", ("its fields: " + ", ".join(sorted(fields.key))) if fields.key
+                     else "its key is a plain number: leave 'field' out")
 
 
 def _choices(name: str, options) -> str:

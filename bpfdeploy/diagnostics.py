@@ -44,11 +44,13 @@ class Diagnostic:
     line: int | None = None
     hint: str = ""
     severity: Severity = Severity.ERROR  # a plain "error"/"warning" string compares equal
+    column: int | None = None  # 1-based, when known (YAML syntax errors)
 
     def location(self) -> str:
         where = self.file
         if self.line is not None:
-            where = f"{where}:{self.line}" if where else f"line {self.line}"
+            at = f"{self.line}:{self.column}" if self.column is not None else f"{self.line}"
+            where = f"{where}:{at}" if where else f"line {at}"
         if self.path:
             where = f"{where}: {self.path}" if where else self.path
         return where
@@ -65,6 +67,7 @@ class Diagnostic:
             "file": self.file,
             "path": self.path,
             "line": self.line,
+            "column": self.column,
             "message": self.message,
             "hint": self.hint,
         }

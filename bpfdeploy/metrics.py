@@ -117,12 +117,16 @@ class DeploymentCollector:
 
         desired = self.prepared.desired
         deployment = desired.name
+        failed: list[tuple[str, bool]] = []  # (source, could not be read): bpfdeploy_scrape_error
         for spec in self.prepared.manifest.metrics:
             pin = desired.pin_root / "maps" / spec.map
             try:
                 samples = map_samples(spec, read_map(pin))
-            except BpfdeployError:
+                failed.append((spec.name, False))
+            except (BpfdeployError, ValueError) as exc:  # a map that is gone or cannot be dumped: said, not silent
                 samples = []
+                failed.append((spec.name, True))
+                _report(deployment, spec.name, exc)
             label_names = [name for name, _v in samples[0].labels] if samples else [l.name for l in spec.labels]
             cls = CounterMetricFamily if spec.type == "counter" else GaugeMetricFamily
             family = cls(spec.name.removesuffix("_total") if spec.type == "counter" else spec.name, spec.help,
@@ -130,7 +134,13 @@ class DeploymentCollector:
             for sample in samples:
                 family.add_metric([deployment, *(v for _k, v in sample.labels)], sample.value)
             yield family
-        status = self.read_status()
+        try:
+            status = self.read_status()
+        except BpfdeployError as exc:
+            _report(deployment, "status", exc)
+            yield scrape_errors([(deployment, source, bad) for source, bad in [*failed, ("status", True)]])
+            return
+        failed.append(("status", False))
         runs = CounterMetricFamily("bpfdeploy_program_run_count", "Times each program ran (needs kernel.bpf_stats_enabled)",
                                    labels=["deployment", "program", "type"])
         runtime = CounterMetricFamily("bpfdeploy_program_run_time_seconds",
@@ -155,3 +165,23 @@ class DeploymentCollector:
                                labels=["deployment"])
         up.add_metric([deployment], 1 if status.healthy else 0)
         yield up
+        yield scrape_errors([(deployment, source, bad) for source, bad in failed])
+
+
+def scrape_errors(failed: list[tuple[str, str, bool]]):
+    """bpfdeploy_scrape_error{deployment, source}: 1 for what could not be read at this scrape, 0 for
+    what could (source: a metric's name, or 'status' for the program and health families)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    family = GaugeMetricFamily("bpfdeploy_scrape_error", "1 when part of a deployment could not be read at this "
+                               "scrape (source: a metric's name, 'status', or 'manifest')",
+                               labels=["deployment", "source"])
+    for deployment, source, bad in failed:
+        family.add_metric([deployment, source], 1 if bad else 0)
+    return family
+
+
+def _report(deployment: str, source: str, exc: Exception) -> None:
+    import sys
+
+    print(f"bpfdeploy metrics: {deployment}: {source}: {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)

@@ -20,11 +20,17 @@ from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, T
 from bpfdeploy.model.live import LiveState, hook_key
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
+from bpfdeploy.model.plan_fields import (EntryChange, State, access_state, attachment_state, cgroup_state,
+                                         deleted_link_state, entries_state, geometry_state, legacy_hook_state,
+                                         legacy_state, link_state, live_access_state, live_program_state,
+                                         program_state, qdisc_state, tc_filter_state)
 
 if TYPE_CHECKING:
     from bpfdeploy.record import LegacyAttachment
 
-PLAN_FORMAT = 1
+# 2: before/after are objects of typed fields (they were text), a map update lists its entries.
+# The same number as every --json reply's format_version (render/replies.FORMAT_VERSION).
+PLAN_FORMAT = 2
 STAGING_SUFFIX = "__bpfdeploy_new"  # staged pins of replacements; renamed over the old pin at commit
 
 
@@ -165,6 +171,8 @@ class Action:
     desired: the DesiredMap/DesiredProgram/DesiredAttachment to create or keep, or the cgroup path
     (None for deletes). live_pin / live_id: the existing kernel object this action changes or removes.
     payload: what apply needs beyond that (one of the payload types above, or None).
+    before / after: what the resource is now and will be (text for the reader, typed fields for JSON).
+    entries: for a map update, each listed entry whose live value differs (old -> new).
     transition: for replacements, whether the hook sees a gap or an overlap.
     """
 
@@ -175,16 +183,22 @@ class Action:
     desired: DesiredMap | DesiredProgram | DesiredAttachment | PinAccess | str | None = None
     live_pin: str = ""
     live_id: int = 0
-    before: str = ""
-    after: str = ""
+    before: State | None = None
+    after: State | None = None
     transition: str = ""
     payload: Payload | None = None
+    entries: tuple[EntryChange, ...] = ()
 
     def to_json(self) -> dict:
         out = {"action": self.kind.value, "resource": self.resource.value, "address": self.address,
-               "reason": self.reason, "before": self.before or None, "after": self.after or None}
+               "reason": self.reason, "before": self.before.to_json() if self.before else None,
+               "after": self.after.to_json() if self.after else None,
+               "before_text": self.before.text if self.before else None,
+               "after_text": self.after.text if self.after else None}
         if self.transition:
             out["transition"] = self.transition
+        if self.entries:
+            out["entries"] = [e.to_json() for e in self.entries]
         return out
 
 
@@ -314,7 +328,7 @@ class _Planner:
             exists = hook is not None and hook.target_exists
             if not exists and a.create_cgroup:
                 self.actions.append(Action(Kind.CREATE, Resource.CGROUP, f"cgroup:{a.target}",
-                                           "the manifest asks for it and it does not exist", after=a.target,
+                                           "the manifest asks for it and it does not exist", after=cgroup_state(a.target),
                                            desired=a.target))
             elif not exists:
                 self.missing_cgroups.add(a.target)
@@ -335,14 +349,14 @@ class _Planner:
         address = f"map/{m.name}"
         live = self.live.maps.get(str(m.pin))
         self.explained.add(str(m.pin))
-        after = m.geometry.describe()
+        after = geometry_state(m.geometry)
         if live is None:
             self.actions.append(Action(Kind.CREATE, Resource.MAP, address, "not pinned yet", desired=m, after=after,
                                        payload=self._new_map(m)))
             self.replaced_maps.add(m.name)
             return
         if not m.geometry.compatible_with(live.geometry):
-            before = live.geometry.describe()
+            before = geometry_state(live.geometry)
             if m.recreate_if_incompatible:
                 self.actions.append(Action(Kind.REPLACE, Resource.MAP, address,
                                            "its definition changed; on_incompatible_change: recreate (contents are lost)",
@@ -351,7 +365,7 @@ class _Planner:
                 self.replaced_maps.add(m.name)
             else:
                 self.diags.append(Diagnostic(
-                    f"map {m.name!r} cannot be reused: the pinned map is {before}, the objects now define {after}",
+                    f"map {m.name!r} cannot be reused: the pinned map is {before.text}, the objects now define {after.text}",
                     self.file, f"maps.{m.name}",
                     hint="keep the old definition, or set maps." + m.name + ".on_incompatible_change: recreate "
                          "to replace it with a new, empty map"))
@@ -359,11 +373,13 @@ class _Planner:
         if m.entries_policy is EntriesPolicy.ENFORCE:
             differ = tuple((k, v) for k, v in m.entries if self.live.map_values.get((str(m.pin), k)) != v)
             if differ:
+                changes = tuple(EntryChange(k, self.live.map_values.get((str(m.pin), k)), v) for k, v in differ)
                 self.actions.append(Action(Kind.UPDATE, Resource.MAP, address,
                                            f"{len(differ)} of its {len(m.entries)} listed entries differ",
                                            desired=m, live_pin=str(m.pin), live_id=live.id,
-                                           before=f"{len(differ)} entries differ", after=f"{len(m.entries)} entries as listed",
-                                           payload=WriteEntries(differ)))
+                                           before=entries_state(changes, "old", len(m.entries)),
+                                           after=entries_state(changes, "new", len(m.entries)),
+                                           payload=WriteEntries(differ), entries=changes))
                 return
         self.actions.append(Action(Kind.NOOP, Resource.MAP, address, "in sync", desired=m, live_pin=str(m.pin),
                                    live_id=live.id, before=after, after=after))
@@ -378,12 +394,12 @@ class _Planner:
         address = f"prog/{p.pin_name}"
         live = self.live.programs.get(str(p.pin))
         self.explained.add(str(p.pin))
-        after = f"{p.prog_type} {p.function} from {p.object} ({'artifact' if p.from_artifacts else 'build'} {p.digest[:12]})"
+        after = program_state(p)
         if live is None:
             self.actions.append(Action(Kind.CREATE, Resource.PROGRAM, address, "not pinned yet", desired=p, after=after))
             self.new_programs.add(p.pin_name)
             return
-        before = f"{live.type} {live.name} id {live.id}"
+        before = live_program_state(live)
         reason = self._program_change(p, live)
         if reason:
             self.actions.append(Action(Kind.REPLACE, Resource.PROGRAM, address, reason, desired=p,
@@ -445,8 +461,7 @@ class _Planner:
     def _plan_attachment(self, a: DesiredAttachment) -> None:
         address = f"attach/{a.name}"
         prog_changed = a.program in self.new_programs
-        after = f"{a.program} -> {a.hook_text()}" + (f" ({a.mode.value})" if a.mode is not AttachMode.LINK else "") \
-            + (" (optional)" if a.optional else "")
+        after = attachment_state(a)
         key = hook_key(a.kind, a.target, a.attach_type.value)
         hook = self.live.hooks.get(key)
         live_prog = self.live.programs.get(str(self.d.program(a.program).pin))
@@ -502,7 +517,7 @@ class _Planner:
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, "not attached yet", desired=a,
                                        after=after, payload=takeover, transition=gap if holder else ""))
             return
-        before = f"link id {link.id} holding program id {link.prog_id}"
+        before = link_state(link)
         target_reason = self._link_target_mismatch(a, link, hook)
         recorded = self.live.record.link_targets.get(a.name) if self.live.record else None
         # Device links: the kernel tells the device (ifindex); the record adds the XDP mode.
@@ -576,7 +591,7 @@ class _Planner:
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
                                        payload=LegacyAttach(flags)))
             return
-        before = f"legacy attach of program id {old.prog_id} ({a.mode.value})"
+        before = legacy_state(old.prog_id, a.mode.value)
         if old.target != a.target or old.attach_type != a.attach_type.value:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its hook changed",
                                        desired=a, live_id=old.prog_id, before=before, after=after,
@@ -622,7 +637,7 @@ class _Planner:
         if hook is not None and not hook.clsact and a.target not in self.qdiscs:
             self.qdiscs.add(a.target)
             self.actions.append(Action(Kind.CREATE, Resource.QDISC, f"qdisc:{a.target}", "the device has no clsact qdisc",
-                                       desired=a, after=f"clsact on {a.device}", payload=Qdisc(a.device, a.netns)))
+                                       desired=a, after=qdisc_state(a.device), payload=Qdisc(a.device, a.netns)))
         direction = "ingress" if a.attach_type.value == TC_INGRESS else "egress"
         filter_ = TcFilter(a.device, a.netns, direction, a.priority, a.handle, old)
         moved = old is not None and (old.target, old.attach_type, old.priority, old.handle) != (
@@ -632,7 +647,7 @@ class _Planner:
             still = old_hook is not None and (old.priority, old.handle, old.prog_id) in old_hook.filters
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, "its device, direction, priority "
                                        "or handle changed", desired=a, live_id=old.prog_id, after=after,
-                                       before=f"tc filter pref {old.priority} handle {old.handle} on {old.target}",
+                                       before=tc_filter_state(old.priority, old.handle, old.target),
                                        payload=TcFilter(a.device, a.netns, direction, a.priority, a.handle,
                                                         old if still else None,
                                                         retire=_tc_removal(old) if still else None),
@@ -643,7 +658,7 @@ class _Planner:
             self.actions.append(Action(Kind.CREATE, Resource.ATTACHMENT, address, reason, desired=a, after=after,
                                        payload=filter_))
             return
-        before = f"tc filter pref {old.priority} handle {old.handle} holding program id {old.prog_id}"
+        before = tc_filter_state(old.priority, old.handle, old.target, old.prog_id)
         if prog_changed or live_prog is None or live_prog.id != old.prog_id:
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address, f"program {a.program!r} is replaced",
                                        desired=a, live_id=old.prog_id, before=before, after=after, payload=filter_,
@@ -662,11 +677,11 @@ class _Planner:
             if stat is None:
                 continue  # not there yet: apply makes it with that access
             uid, gid, mode = stat
-            before = f"owner {uid} group {gid} mode {mode:04o}"
+            before = live_access_state(uid, gid, mode)
             if access.differs(uid, gid, mode):
                 self.actions.append(Action(Kind.UPDATE, Resource.ACCESS, address,
                                            "its owner, group or mode differs from the manifest", live_pin=str(path),
-                                           before=before, after=access.describe(), desired=access))
+                                           before=before, after=access_state(access), desired=access))
             else:
                 self.actions.append(Action(Kind.NOOP, Resource.ACCESS, address, "in sync", live_pin=str(path),
                                            before=before, after=before, desired=access))
@@ -683,15 +698,16 @@ class _Planner:
                 hook = self.live.hooks.get(hook_key(HookKind.DEVICE, old.target, old.attach_type))
                 if hook is not None and (old.priority, old.handle, old.prog_id) in hook.filters:
                     self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}", self.gone,
-                                               live_id=old.prog_id, before=f"tc filter pref {old.priority} handle "
-                                               f"{old.handle} on {old.target}", payload=_tc_removal(old)))
+                                               live_id=old.prog_id, payload=_tc_removal(old),
+                                               before=tc_filter_state(old.priority, old.handle, old.target)))
                 continue
             hook = self.live.hooks.get(hook_key(HookKind.CGROUP, old.target, old.attach_type))
             if hook is not None and old.prog_id in hook.prog_ids:
                 at = BY_VALUE.get(old.attach_type)
                 self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{old.name}",
                                            self.gone, live_id=old.prog_id,
-                                           before=f"legacy {at.short[0] if at else old.attach_type} on cgroup {old.target}",
+                                           before=legacy_hook_state(at.short[0] if at else str(old.attach_type),
+                                                                    old.target, old.prog_id),
                                            payload=LegacyDetach(old)))
         order = {"links": 0, "progs": 1, "maps": 2}
         leftovers = sorted((p for p in self.live.pinned if p not in self.explained),
@@ -708,16 +724,16 @@ class _Planner:
             elif top == "links" and direct and pin in self.live.links:
                 link = self.live.links[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.ATTACHMENT, f"attach/{Path(pin).name}", self.gone,
-                                           live_pin=pin, live_id=link.id, before=f"link id {link.id}"))
+                                           live_pin=pin, live_id=link.id, before=deleted_link_state(link)))
             elif top == "progs" and direct and pin in self.live.programs:
                 prog = self.live.programs[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.PROGRAM, f"prog/{Path(pin).name}", self.gone,
-                                           live_pin=pin, live_id=prog.id, before=f"{prog.type} {prog.name} id {prog.id}"))
+                                           live_pin=pin, live_id=prog.id, before=live_program_state(prog)))
             elif top == "maps" and direct and pin in self.live.maps:
                 m = self.live.maps[pin]
                 self.deletes.append(Action(Kind.DELETE, Resource.MAP, f"map/{Path(pin).name}",
                                            f"{self.gone} (its contents are dropped)",
-                                           live_pin=pin, live_id=m.id, before=m.geometry.describe()))
+                                           live_pin=pin, live_id=m.id, before=geometry_state(m.geometry)))
             elif top in ("links", "progs", "maps"):
                 self.deletes.append(Action(Kind.DELETE, Resource.PIN, f"pin/{rel}", "not part of the manifest",
                                            live_pin=pin))
@@ -731,7 +747,7 @@ class _Planner:
             if qdisc not in tc_targets:
                 self.deletes.append(Action(Kind.DELETE, Resource.QDISC, f"qdisc:{qdisc}",
                                            "added by this deployment and no longer used (removed only when it "
-                                           "holds no filters)", live_pin=qdisc, before=f"clsact on {qdisc}",
+                                           "holds no filters)", live_pin=qdisc, before=qdisc_state(qdisc),
                                            payload=Qdisc(*split_device_target(qdisc))))
         wanted = [Path(a.target) for a in self.d.attachments if a.kind is HookKind.CGROUP]
         wanted_cgroups = {str(p) for w in wanted for p in (w, *w.parents)}  # a used cgroup's parents stay too
@@ -740,7 +756,7 @@ class _Planner:
             if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:
                 self.deletes.append(Action(Kind.DELETE, Resource.CGROUP, f"cgroup:{cgroup}",
                                            "created by this deployment and no longer used (removed only if empty)",
-                                           live_pin=cgroup, before=cgroup))
+                                           live_pin=cgroup, before=cgroup_state(cgroup)))
 
 
 def _tc_removal(old: LegacyAttachment) -> TcFilterRemoval:

@@ -110,6 +110,9 @@ build sockmap-redirect/sockops.bpf.c sockops.o
 build sockmap-redirect/sockredir.bpf.c sockredir.o
 build connect-policy/connect4.bpf.c policy.o
 build flow-dissector/flow_dissector.bpf.c flow.o
+# The BTF of an object (map key/value fields, for tests/unit/test_metrics_checks.py): a file read.
+mkdir -p "$here/tests/fixtures/btf"
+bpftool -j btf dump file "$tmp/counters.o" > "$here/tests/fixtures/btf/counters.json"
 
 # --- scratch cgroups and netns
 mkdir "$cgroup"; made_cgroup=1

@@ -47,7 +47,8 @@ def load_manifest(path: Path, cgroup_root: Path | None = None, files_must_exist:
         merged.sort(key=lambda d: (d.line or 0, d.path))
         raise ManifestError(f"{path}: {len(merged)} problem(s)", tuple(merged))
     problems = list(raw.warnings) + problems
-    if manifest is None:
+    # Checks made after the manifest is assembled (metrics) can fail it too.
+    if manifest is None or any(d.severity == "error" for d in problems):
         errors = tuple(d for d in problems if d.severity == "error")
         raise ManifestError(f"{path}: {len(errors)} problem(s)", tuple(problems))
     return manifest, problems

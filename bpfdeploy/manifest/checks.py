@@ -101,6 +101,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
                                                   enumerate(data.get("metrics") if isinstance(data.get("metrics"), list)
                                                             else ())) if m is not None),
                         artifacts=policy)
+    _check_metric_names(raw, manifest.metrics, problems)
     return manifest, problems
 
 
@@ -113,6 +114,59 @@ def _artifact_policy(raw: RawManifest, data, base: Path, problems: list) -> Arti
     if isinstance(signers, str) and signers:
         path = _safe_path(raw, ("artifacts", "allowed_signers"), signers, base, problems)
     return ArtifactPolicy(require_signature=data.get("require_signature") is True, allowed_signers=path)
+
+
+# Families every deployment's exporter makes itself (bpfdeploy/metrics.py): a manifest may not reuse them.
+BUILTIN_METRICS = ("bpfdeploy_program_run_count", "bpfdeploy_program_run_time_seconds", "bpfdeploy_build_info",
+                   "bpfdeploy_scrape_error", "bpfdeploy_deployment_programs_expected",
+                   "bpfdeploy_deployment_programs_loaded", "bpfdeploy_deployment_attachments_expected",
+                   "bpfdeploy_deployment_attachments_in_sync", "bpfdeploy_deployment_drifted",
+                   "bpfdeploy_deployment_healthy")
+
+
+def _exposed_names(spec: MetricSpec) -> set[str]:
+    """The names a metric takes in the exposition: a counter's family drops _total, and its samples
+    are <family>_total and <family>_created."""
+    if spec.type == "counter":
+        family = spec.name.removesuffix("_total")
+        return {family, family + "_total", family + "_created"}
+    return {spec.name}
+
+
+def _check_metric_names(raw: RawManifest, metrics: tuple, problems: list) -> None:
+    """One family per name, and labels that do not shadow the ones the exporter adds."""
+    taken: dict[str, tuple] = {}
+    for name in BUILTIN_METRICS:
+        for exposed in _exposed_names(MetricSpec(name, "", "counter" if name.endswith(("_count", "_seconds")) else
+                                                 "gauge", "", None, (), ())):
+            taken[exposed] = ()
+    for spec in metrics:
+        if not isinstance(spec.name, str):  # malformed: the schema has reported it
+            continue
+        names = _exposed_names(spec)
+        clash = sorted(n for n in names if n in taken)
+        if clash:
+            other = taken[clash[0]]
+            problems.append(raw.diag(spec.where + ("name",), f"metric name {spec.name!r} clashes with "
+                                     + (f"the metric at {_fmt(other)}" if other else f"bpfdeploy's own {clash[0]!r}")
+                                     + f" (both would be exposed as {clash[0]!r})",
+                                     "give every metric a name of its own (a counter's _total suffix is dropped "
+                                     "from its family name, so x and x_total are one name)"))
+            continue
+        for n in names:
+            taken[n] = spec.where
+        seen_labels: set[str] = set()
+        for j, label in enumerate(spec.labels):
+            if not isinstance(label.name, str):  # malformed: the schema has reported it
+                continue
+            if label.name == "deployment":
+                problems.append(raw.diag(spec.where + ("labels", j, "name"), f"metric {spec.name!r}: the label name "
+                                         "'deployment' is the one the exporter adds to every sample",
+                                         "choose another label name"))
+            elif label.name in seen_labels:
+                problems.append(raw.diag(spec.where + ("labels", j, "name"), f"metric {spec.name!r}: the label "
+                                         f"{label.name!r} is given twice", "give each label a name of its own"))
+            seen_labels.add(label.name)
 
 
 def _metric(raw: RawManifest, i: int, data: dict, problems: list) -> MetricSpec:

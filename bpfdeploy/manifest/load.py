@@ -157,8 +157,9 @@ def load_raw(path: Path) -> RawManifest:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ManifestError(f"{file}: invalid YAML",
-                            (Diagnostic(f"invalid YAML: {problem}", file, "", line),)) from None
+        raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
+            f"invalid YAML: {problem}", file, "", line, column=mark.column + 1 if mark is not None else None,
+            hint=_yaml_hint(problem)),)) from None
     if node is None or not isinstance(node, yaml.MappingNode):
         line = node.start_mark.line + 1 if node is not None else 1
         raise ManifestError(f"{file}: not a mapping", (Diagnostic(
@@ -179,11 +180,20 @@ def load_raw(path: Path) -> RawManifest:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise ManifestError(f"{file}: invalid YAML", (Diagnostic(
-            f"invalid YAML: {getattr(exc, 'problem', exc)}", file, "", mark.line + 1 if mark else None),)) from None
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", file, "", mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None),)) from None
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ManifestError(f"{file}: invalid YAML", tuple(errors))
     return RawManifest(path=path, data=data, lines=lines, warnings=tuple(problems))
+
+
+def _yaml_hint(problem: str) -> str:
+    if "tab character" in problem:
+        return "YAML indents with spaces only; replace the tab at that column"
+    if "mapping values are not allowed" in problem:
+        return "a ':' followed by a space starts a mapping: quote the value if it contains one"
+    return ""
 
 
 _schema_cache: dict | None = None
@@ -217,8 +227,11 @@ def schema_diagnostics(raw: RawManifest) -> list[Diagnostic]:
     schema before (same bytes, same schema) is not validated again.
     """
     marker = _validated_marker(raw)
-    if marker is not None and marker.exists():
-        return []
+    try:
+        if marker is not None and marker.exists():
+            return []
+    except OSError:  # a cache the user cannot read (EACCES): validate in full
+        marker = None
     import jsonschema
 
     schema = load_schema()

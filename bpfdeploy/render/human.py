@@ -96,12 +96,16 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
         sym, color = SYMBOL[a.kind]
         out.print(f"  [{color}]{sym:>3} {a.kind.value:<7}[/] {escape(a.address):<{width}}  {escape(a.reason)}")
         pad = " " * 14
-        if a.before and a.after and a.before != a.after and a.kind is not Kind.NOOP:
-            out.print(f"{pad}[dim]{escape(a.before)} -> {escape(a.after)}[/]")
-        elif a.kind is Kind.CREATE and a.after:
-            out.print(f"{pad}[dim]{escape(a.after)}[/]")
-        elif a.kind is Kind.DELETE and a.before:
-            out.print(f"{pad}[dim]{escape(a.before)}[/]")
+        before, after = (a.before.text if a.before else ""), (a.after.text if a.after else "")
+        if a.entries:  # each changed key, old -> new, as Terraform shows attribute changes
+            for e in a.entries:
+                out.print(f"{pad}[dim]{escape(e.text())}[/]")
+        elif before and after and before != after and a.kind is not Kind.NOOP:
+            out.print(f"{pad}[dim]{escape(before)} -> {escape(after)}[/]")
+        elif a.kind is Kind.CREATE and after:
+            out.print(f"{pad}[dim]{escape(after)}[/]")
+        elif a.kind is Kind.DELETE and before:
+            out.print(f"{pad}[dim]{escape(before)}[/]")
         if a.transition:
             out.print(f"{pad}[dim]{escape(a.transition)}[/]")
     for c in p.conflicts:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-FORMAT_VERSION = 1
+# 2: a plan's actions carry before/after as typed fields and map entries old -> new (they were text).
+FORMAT_VERSION = 2
 
 
 def reply(body: dict[str, Any]) -> str:

@@ -13,15 +13,35 @@ from bpfdeploy.render.human import rich_console
 out = rich_console()
 
 COLOR = {"in sync": "green", "missing": "red", "drifted": "yellow", "unknown": "dim"}
+WIDE = 4096  # columns of a --wide table: each identifier stays on one line
+
+
+def fit(wide: bool = False) -> None:
+    """Tables fit the terminal (80 columns or COLUMNS), wrapping a long name or path over lines,
+    never cutting it with an ellipsis. With --wide, or when the output is not a terminal (a pipe
+    into grep or a file), every cell stays on one line, as long as it needs."""
+    if wide or not out.is_terminal:
+        out.width = WIDE
+    else:
+        out.soft_wrap = False  # lines of text (the status header) wrap at the terminal's width too
+
+
+def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    # overflow="fold": a cell too long for its column continues on the next line (rich's default,
+    # "ellipsis", would cut deployment names and paths short).
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col in columns:
+        table.add_column(col, overflow="fold", justify="right" if col in right else "left")
+    return table
 
 
 def deployments(items) -> None:
     if not items:
         out.print("No bpfdeploy deployments on this host.")
         return
-    table = Table(title="Deployments", title_justify="left", header_style="bold")
-    for col in ("name", "pin root", "programs", "links", "maps", "manifest"):
-        table.add_column(col)
+    table = _table("Deployments", "name", "pin root", "programs", "links", "maps", "manifest")
+    # A name up to 32 characters keeps a line of its own; paths are what wraps first.
+    table.columns[0].min_width = min(32, max(len(d.name) for d in items))
     for d in items:
         table.add_row(escape(d.name), escape(d.pin_root) + ("" if d.exists else " [red](missing)[/]"),
                       str(d.programs), str(d.links), str(d.maps), escape(d.manifest or "?"))
@@ -39,12 +59,10 @@ def status_table(s):
     parts = []
     health = "[green]in sync[/]" if s.healthy else "[yellow]drifted[/]"
     parts.append(f"[bold]Deployment[/] [cyan]{escape(s.name)}[/] ({escape(s.pin_root)}): {health}")
-    progs = Table(title="Programs", title_justify="left", header_style="bold")
-    for col in ("program", "id", "type", "attached to", "state", "loaded at"):
-        progs.add_column(col)
+    progs = _table("Programs", "program", "id", "type", "attached to", "state", "loaded at")
     if s.stats_window is not None:
-        progs.add_column(f"runs ({s.stats_window:g} s)", justify="right")
-        progs.add_column("avg run time", justify="right")
+        progs.add_column(f"runs ({s.stats_window:g} s)", justify="right", overflow="fold")
+        progs.add_column("avg run time", justify="right", overflow="fold")
     for p in s.programs:
         row = [escape(p.name), str(p.id or "-"), p.type, escape("\n".join(p.attached) or "-"),
                f"[{COLOR.get(p.state, 'white')}]{p.state}[/]" + (f"\n[dim]{escape(p.reason)}[/]" if p.reason else ""),
@@ -54,17 +72,13 @@ def status_table(s):
             row += [str(p.run_cnt if p.run_cnt is not None else "-"), avg]
         progs.add_row(*row)
     parts.append(progs)
-    maps = Table(title="Maps", title_justify="left", header_style="bold")
-    for col in ("map", "id", "geometry", "entries", "state"):
-        maps.add_column(col)
+    maps = _table("Maps", "map", "id", "geometry", "entries", "state")
     for m in s.maps:
         maps.add_row(escape(m.name), str(m.id or "-"), m.geometry, str(m.entries if m.entries is not None else "-"),
                      f"[{COLOR.get(m.state, 'white')}]{m.state}[/]" + (f"\n[dim]{escape(m.reason)}[/]" if m.reason else ""))
     parts.append(maps)
     if s.attachments:
-        atts = Table(title="Attachments", title_justify="left", header_style="bold")
-        for col in ("attachment", "program", "hook", "state"):
-            atts.add_column(col)
+        atts = _table("Attachments", "attachment", "program", "hook", "state")
         for a in s.attachments:
             atts.add_row(escape(a.name), escape(a.program), escape(a.hook),
                          f"[{COLOR.get(a.state, 'white')}]{a.state}[/]" + (f"\n[dim]{escape(a.reason)}[/]" if a.reason else ""))
@@ -80,9 +94,7 @@ def status_table(s):
 
 
 def dump(entries: list[dict], title: str) -> None:
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("key")
-    table.add_column("value")
+    table = _table(title, "key", "value")
     for e in entries:
         table.add_row(escape(_compact(e.get("key"))), escape(_compact(e.get("value"))))
     out.print(table)

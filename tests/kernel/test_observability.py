@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bpfdeploy.render.replies import FORMAT_VERSION
 from tests.kernel.conftest import map_values
 from tests.kernel.traffic import ECHO
 
@@ -96,7 +97,7 @@ def test_status_sees_each_kind_of_drift(sandbox):
     status = sandbox.cli_json("status", manifest)
     assert status["healthy"] is True and status["summary"]["drifted"] == 0
     listing = sandbox.cli_json("status")
-    assert listing["format_version"] == 1
+    assert listing["format_version"] == FORMAT_VERSION
     assert any(d["name"] == name and d["programs"] == 2 for d in listing["deployments"])
 
     link = next((root / "links").iterdir())
@@ -142,7 +143,7 @@ def test_dump_shows_btf_formatted_entries(sandbox):
     manifest = sandbox.example("connect-policy.yaml")
     sandbox.cli("apply", manifest)
     reply = json.loads(sandbox.cli("dump", manifest, "port_rewrites", "--json").stdout)
-    assert reply["format_version"] == 1 and reply["map"] == "port_rewrites"
+    assert reply["format_version"] == FORMAT_VERSION and reply["map"] == "port_rewrites"
     assert reply["entries"] == [{"key": 7777, "value": 7778}]
     proc = sandbox.cli("dump", manifest, "nosuch", check=False)
     assert proc.returncode == 1 and "has no map 'nosuch'" in proc.stderr and "port_rewrites" in proc.stderr

@@ -156,8 +156,10 @@ def test_drift_in_owner_group_or_mode_is_planned_and_fixed(sandbox):
     planned = sandbox.cli_json("plan", manifest)
     changes = {a["address"]: a for a in planned["actions"] if a["action"] != "no-op"}
     assert set(changes) == {"access/map/counts", "access/prog/count_packets", "access/pin_root"}, changes
-    assert changes["access/map/counts"]["before"] == f"owner 0 group {NOGROUP} mode 0600"
-    assert changes["access/map/counts"]["after"] == "group nogroup mode 0640"
+    assert changes["access/map/counts"]["before_text"] == f"owner 0 group {NOGROUP} mode 0600"
+    assert changes["access/map/counts"]["after_text"] == "group nogroup mode 0640"
+    assert changes["access/map/counts"]["before"] == {"uid": 0, "gid": NOGROUP, "mode": "0600"}
+    assert changes["access/map/counts"]["after"] == {"gid": NOGROUP, "mode": "0640"}
     human = sandbox.cli("plan", manifest).stdout
     assert "~ update  access/map/counts" in human
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bpfdeploy.diagnostics import ExitCode
+from bpfdeploy.render.replies import FORMAT_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def test_validate_json_reply_is_versioned():
     proc = run("validate", "manifests/connect-policy.yaml", "--json")
     assert proc.returncode == 0, proc.stderr
     reply = json.loads(proc.stdout)
-    assert reply["format_version"] == 1 and reply["valid"] is True
+    assert reply["format_version"] == FORMAT_VERSION and reply["valid"] is True
 
 
 def test_error_json_reply_is_versioned(tmp_path):
@@ -51,5 +52,5 @@ def test_error_json_reply_is_versioned(tmp_path):
     proc = run("validate", str(bad), "--json")
     assert proc.returncode == ExitCode.ERROR
     reply = json.loads(proc.stdout)
-    assert reply["format_version"] == 1 and reply["exit_code"] == 1
+    assert reply["format_version"] == FORMAT_VERSION and reply["exit_code"] == 1
     assert reply["diagnostics"] and all(d["file"] == str(bad) for d in reply["diagnostics"])

@@ -410,6 +410,12 @@ def test_enforced_entries_that_differ_update_the_map(live_value):
     assert changed(p) == {"map/blocked_ports": Kind.UPDATE}
     action = by_address(p)["map/blocked_ports"]
     assert action.payload == WriteEntries(((u32(9), u32(1)),))  # only the entries that differ
+    # each changed key is shown old -> new, in the human view and in JSON
+    assert [e.text() for e in action.entries] == [f"key 9: {'0' if live_value else '(absent)'} -> 1"]
+    entry = action.to_json()["entries"][0]
+    assert entry["key"] == "0x09000000" and entry["new"] == "0x01000000" and entry["new_uint"] == 1
+    assert entry["old"] == (None if live_value is None else "0x00000000")
+    assert action.to_json()["after"] == {"entries": [{"key": "0x09000000", "value": "0x01000000"}]}
     assert action.live_id == index_by_pin(ALL_MAPS, ROOT)[pin("maps/blocked_ports")].id
 
 
@@ -574,7 +580,9 @@ def test_plan_to_json():
     record = dataclasses.replace(record, digests={**record.digests, str(prog.id): "old"})
     p = plan(desired(), live_state(without=(OLD_LINK, DEFUNCT_LINK), record=record))
     data = json.loads(json.dumps(p.to_json()))  # plain JSON types only
-    assert data["format_version"] == PLAN_FORMAT == 1
+    from bpfdeploy.render.replies import FORMAT_VERSION
+
+    assert data["format_version"] == PLAN_FORMAT == FORMAT_VERSION == 2  # one number for every reply
     assert data["deployment"] == NAME and data["pin_root"] == str(ROOT)
     assert data["summary"] == {"create": 0, "update": 1, "replace": 1, "delete": 1,
                                "no-op": len(p.actions) - 3}
@@ -583,6 +591,13 @@ def test_plan_to_json():
     assert [a["action"] for a in data["actions"]].count("replace") == 1
     replace = next(a for a in data["actions"] if a["action"] == "replace")
     assert replace["address"] == "prog/count_ingress" and "transition" in replace
+    # before/after are typed fields (the text is kept beside them for readers)
+    assert replace["before"] == {"prog_type": prog.type, "name": prog.name, "prog_id": prog.id}
+    assert replace["after"]["function"] == "count_ingress" and replace["after"]["build"] == digest("count_ingress")
+    assert replace["before_text"] == f"{prog.type} {prog.name} id {prog.id}"
+    noop_map = next(a for a in data["actions"] if a["resource"] == "map" and a["action"] == "no-op")
+    assert set(noop_map["after"]) == {"map_type", "key_size", "value_size", "max_entries", "flags"}
+    assert all(isinstance(v, int) for k, v in noop_map["after"].items() if k != "map_type")
     assert data["conflicts"] == [] and data["diagnostics"] == []
 
 
@@ -624,7 +639,9 @@ def test_pin_access_drift_is_an_update_and_matching_access_a_noop():
     assert changed(p) == {f"access/map/{name}": Kind.UPDATE}
     action = by_address(p)[f"access/map/{name}"]
     assert action.resource is Resource.ACCESS and action.live_pin == map_pin
-    assert (action.before, action.after) == ("owner 0 group 0 mode 0600", "group metrics mode 0640")
+    assert (action.before.text, action.after.text) == ("owner 0 group 0 mode 0600", "group metrics mode 0640")
+    assert action.to_json()["before"] == {"uid": 0, "gid": 0, "mode": "0600"}
+    assert action.to_json()["after"] == {"gid": 1000, "mode": "0640"}
     assert by_address(p)["access/pin_root"].kind is Kind.NOOP  # mode 0755 as asked; owner/group not asked
 
     fixed = dataclasses.replace(live, pin_stats={map_pin: (0, 1000, 0o640), str(ROOT): (5, 5, 0o755)})

@@ -150,7 +150,8 @@ def state_view(planned):
     for action in planned.plan.actions:
         if action.resource is Resource.ATTACHMENT and action.kind is not Kind.CREATE:
             name = action.address.split("/", 1)[1]
-            hook = action.desired.hook_text() if action.kind is Kind.NOOP and action.desired else action.before
+            hook = action.desired.hook_text() if action.kind is Kind.NOOP and action.desired else (
+                action.before.text if action.before else None)
             program = action.desired.program if action.kind is Kind.NOOP and action.desired else None
             before["attachments"][name] = {"program": program, "hook": hook}
     after = {"programs": {}, "maps": {}, "attachments": {}}

@@ -148,7 +148,7 @@ plan:
   description: The plan, exactly as C(bpfdeploy plan --json) prints it (with C(format_version)).
   returned: success, and on failures after planning
   type: dict
-  sample: {"format_version": 1, "deployment": "cgroup-counters", "changes": true, "summary": {"create": 5}}
+  sample: {"format_version": 2, "deployment": "cgroup-counters", "changes": true, "summary": {"create": 5}}
 actions:
   description: The steps carried out, in order (empty in check mode and when nothing changed).
   returned: success

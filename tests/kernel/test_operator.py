@@ -1,0 +1,204 @@
+"""What an operator meets (issue 18): plans that show values, and their effect on the kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tests.kernel.conftest import map_values
+from tests.kernel.traffic import CONNECT
+
+
+def test_plan_shows_each_changed_map_entry_old_to_new_and_apply_makes_it_so(sandbox):
+    manifest = sandbox.example("connect-policy.yaml")
+    root = Path(yaml.safe_load(manifest.read_text())["pin_root"])
+    sandbox.cli("apply", manifest)
+    data = yaml.safe_load(manifest.read_text())
+    data["maps"]["port_rewrites"]["entries"] = [{"key": 7777, "value": 7779}]
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    human = sandbox.cli("plan", manifest).stdout
+    assert "key 7777: 7778 -> 7779" in human
+    action = next(a for a in sandbox.cli_json("plan", manifest)["actions"] if a["address"] == "map/port_rewrites")
+    assert action["action"] == "update"
+    assert action["entries"] == [{"key": "0x611e0000", "old": "0x621e0000", "new": "0x631e0000",
+                                  "key_uint": 7777, "old_uint": 7778, "new_uint": 7779}]
+    assert action["before"] == {"entries": [{"key": "0x611e0000", "value": "0x621e0000"}]}
+    assert action["after"] == {"entries": [{"key": "0x611e0000", "value": "0x631e0000"}]}
+
+    sandbox.cli("apply", manifest)
+    assert map_values(root / "maps" / "port_rewrites") == {7777: 7779}
+    got = json.loads(sandbox.run_in(CONNECT.format(listen=[7779], ports=[7777]), cgroup=sandbox.cgroups[0],
+                                    netns=sandbox.netns()).stdout)
+    assert got["7777"] == ["connected", 7779]  # the rewrite now goes to the new port
+    assert not [a for a in sandbox.cli_json("plan", manifest)["actions"] if a["action"] != "no-op"]
+
+
+# -- the host-wide exporter ---------------------------------------------------------------------
+
+def _second_counters(sandbox, directory: Path, tag: str) -> tuple[Path, str, Path]:
+    """A copy of the cgroup-counters example with its own name, pin root and cgroup, in DIRECTORY."""
+    src = sandbox.example("cgroup-counters.yaml")
+    data = yaml.safe_load(src.read_text())
+    data["name"] = f"{sandbox.id}-{tag}"
+    data["pin_root"] = str(sandbox.pin_root(data["name"]))
+    cgroup = sandbox.cgroup_root / f"{sandbox.id}-{tag}"
+    sandbox.cgroups.append(cgroup)
+    for att in data["attachments"]:
+        att["cgroup"] = {"path": str(cgroup), "create": True}
+    out = directory / f"{tag}.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    sandbox.manifests.remove(src)
+    src.unlink()
+    sandbox.manifests.append(out)
+    return out, data["name"], Path(data["pin_root"])
+
+
+def _scrape(sandbox, args: list[str]) -> str:
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = subprocess.Popen([sys.executable, "-m", "bpfdeploy.cli", "metrics", *args, "--listen",
+                               f"127.0.0.1:{port}"], env=sandbox.env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"metrics server did not come up: {server.stderr.read()}")
+                time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_one_exporter_serves_every_deployment_of_a_directory_and_says_what_it_cannot_read(sandbox):
+    from tests.kernel.traffic import ECHO
+
+    directory = sandbox.tmp / "manifests"
+    directory.mkdir()
+    a, name_a, root_a = _second_counters(sandbox, directory, "expa")
+    b, name_b, root_b = _second_counters(sandbox, directory, "expb")
+    (directory / "broken.yaml").write_text("version: 1\nname: [not, a, name]\n")
+    sandbox.cli("apply", a)
+    sandbox.cli("apply", b)
+    sandbox.run_in(ECHO.format(n=3), cgroup=sandbox.cgroups[-2], netns=sandbox.netns())  # traffic in A only
+
+    samples = _samples(_scrape(sandbox, ["--all", str(directory)]))
+    ingress = lambda name: samples[("bpfdeploy_cgroup_packets_total", (("deployment", name), ("direction", "ingress")))]
+    assert ingress(name_a) == map_values(root_a / "maps/traffic")[0]["packets"] > 0
+    assert ingress(name_b) == 0
+    assert samples[("bpfdeploy_deployment_healthy", (("deployment", name_a),))] == 1
+    assert samples[("bpfdeploy_deployment_healthy", (("deployment", name_b),))] == 1
+    build = [k for k in samples if k[0] == "bpfdeploy_build_info"]
+    assert len(build) == 1 and dict(build[0][1])["version"]
+    error = lambda name, source: samples[("bpfdeploy_scrape_error", (("deployment", name), ("source", source)))]
+    assert error(str(directory / "broken.yaml"), "manifest") == 1  # reported, and the others still served
+    assert error(name_b, "bpfdeploy_cgroup_packets_total") == 0
+
+    # A map that cannot be read is a scrape error, not an empty metric.
+    (root_b / "maps" / "traffic").unlink()
+    samples = _samples(_scrape(sandbox, ["--all", str(directory)]))
+    assert error(name_b, "bpfdeploy_cgroup_packets_total") == 1
+    assert error(name_a, "bpfdeploy_cgroup_packets_total") == 0
+    assert samples[("bpfdeploy_deployment_healthy", (("deployment", name_b),))] == 0
+
+
+def test_metrics_json_is_one_scrape_without_a_server_over_the_recorded_deployments(sandbox):
+    import subprocess
+    import sys
+
+    from tests.reply_schemas import check_reply
+
+    directory = sandbox.tmp / "manifests"
+    directory.mkdir()
+    a, name_a, _root = _second_counters(sandbox, directory, "jsa")
+    b, name_b, _root = _second_counters(sandbox, directory, "jsb")
+    sandbox.cli("apply", a)
+    sandbox.cli("apply", b)
+    # No manifest named: every deployment whose record is in the state dir. It returns (no server).
+    proc = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "metrics", "--json"], env=sandbox.env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reply = json.loads(proc.stdout)
+    check_reply("metrics", reply)
+    assert sorted(reply["deployments"]) == sorted([name_a, name_b])
+    healthy = next(f for f in reply["families"] if f["name"] == "bpfdeploy_deployment_healthy")
+    assert {s["labels"]["deployment"]: s["value"] for s in healthy["samples"]} == {name_a: 1, name_b: 1}
+    assert "Serving" not in proc.stderr and "serving" not in proc.stderr
+
+
+# -- tables that fit ----------------------------------------------------------------------------
+
+def _on_a_terminal(sandbox, args: list[str], columns: int = 80) -> str:
+    """bpfdeploy's output when its stdout is an 80-column terminal (a pty), ANSI codes removed."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = dict(sandbox.env, COLUMNS=str(columns), LINES="50")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bpfdeploy.cli", *args], env=env, stdout=follower,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the other end is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    proc.wait(timeout=60)
+    text = b"".join(chunks).decode()
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r\n", "\n")
+
+
+def test_status_tables_fit_80_columns_without_cutting_names_and_grep_finds_the_name(sandbox):
+    import subprocess
+
+    manifest = sandbox.example("cgroup-counters.yaml")
+    data = yaml.safe_load(manifest.read_text())
+    # The longest deployment name there can be: the pin root path is then longer than 80 columns.
+    data["name"] = (data["name"] + "-" + "x" * 63)[:63]
+    data["pin_root"] = str(sandbox.pin_root(data["name"]))
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    name = data["name"]
+    sandbox.cli("apply", manifest)
+
+    for args in (["status", str(manifest)], ["status"]):
+        shown = _on_a_terminal(sandbox, args)
+        assert name[:20] in shown, shown
+        assert "…" not in shown and "..." not in shown, shown  # nothing cut short
+        assert max(len(line) for line in shown.splitlines()) <= 80, shown
+        # Piped (not a terminal): each name and path stays on one line, so grep finds it.
+        piped = sandbox.cli(*args, check=False).stdout
+        grep = subprocess.run(["grep", "-F", name], input=piped, capture_output=True, text=True)
+        assert grep.returncode == 0, piped
+        assert data["pin_root"] in piped or args == ["status", str(manifest)] and name in piped
+        # --wide on a terminal: the same, one line per cell.
+        wide = _on_a_terminal(sandbox, [*args, "--wide"])
+        assert name in wide and "…" not in wide
