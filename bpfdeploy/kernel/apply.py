@@ -191,6 +191,17 @@ class _Run:
         chain = [p for p in [*reversed(root.parents), root] if str(p).startswith("/sys/fs/bpf/")]
         if self.d.maps or self.d.programs or self.d.attachments:
             chain += [root / sub for sub in ("maps", "progs", "links")]
+        for attempt in range(3):
+            try:
+                self._make_dirs(root, chain)
+                return
+            except FileNotFoundError:
+                # A parent vanished between our check and our mkdir: another deployment's destroy
+                # removed a directory it had created, now empty. Walk the chain again.
+                if attempt == 2:
+                    raise
+
+    def _make_dirs(self, root: Path, chain: list[Path]) -> None:
         for path in chain:
             if _real_dir(path):  # never p.exists(): that follows a symlink out of the pin root
                 continue
@@ -200,7 +211,7 @@ class _Run:
                 self.created_dirs.add(str(path))
             os.mkdir(path)
             self._mut()
-            self.undo.push(f"rmdir {path}", lambda p=path: (os.rmdir(p), self.created_dirs.discard(str(p))))
+            self.undo.push(f"rmdir {path}", lambda p=path: (_rmdir_if_there(p), self.created_dirs.discard(str(p))))
             if self.d.pin_root_access is not None and (path == root or path.parent == root):
                 self._set_access(str(path), self.d.pin_root_access)
 
@@ -746,6 +757,13 @@ class _Run:
                         link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)), pins=pins,
                         created_dirs=tuple(sorted(self.created_dirs)))
         write_record(record, self.state_dir)
+
+
+def _rmdir_if_there(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
 
 
 def _real_dir(path: Path) -> bool:
