@@ -60,7 +60,9 @@ options:
     default: false
   pin_root:
     description:
-      - Override the manifest's C(pin_root) (a directory below C(/sys/fs/bpf)).
+      - Override the manifest's C(pin_root) (a directory below C(/sys/fs/bpf)). The release's copy
+        of the manifest gets the new C(pin_root) line; every other line keeps its number.
+      - Cannot be combined with O(artifacts) (their index records the manifest's exact bytes).
     type: path
   allow_map_recreate:
     description:
@@ -178,6 +180,15 @@ release:
   returned: success
   type: dict
   sample: {"used": "3b1f...", "current": "3b1f...", "previous": "9ac0..."}
+partial:
+  description: The apply finished but an attachment marked C(optional) could not be made (see O(skipped)).
+  returned: success, state=present
+  type: bool
+skipped:
+  description: Optional attachments left out, each with the reason.
+  returned: success, state=present
+  type: list
+  elements: dict
 rolled_back:
   description: On a failed apply, whether bpfdeploy rolled the kernel back completely.
   returned: failure during apply
@@ -359,7 +370,8 @@ class Run:
             self.fail(plan=result["plan"], release=dict(used=rel.digest, **pointers), **fields)
         body = engine.summary(applied)
         result.update(plan=body["plan"], actions=body.get("done", []), mutations=body.get("mutations", 0),
-                      warnings_apply=body.get("warnings", []))
+                      warnings_apply=body.get("warnings", []), partial=body.get("partial", False),
+                      skipped=body.get("skipped", []))
         if applied.planned.plan.errors:
             self.fail(msg="the plan of %s has errors; nothing was changed" % name,
                       diagnostics=[d.to_json() for d in applied.planned.plan.errors], plan=body["plan"])
@@ -431,7 +443,7 @@ class Run:
 
 def main():
     module = AnsibleModule(argument_spec=_argument_spec(), supports_check_mode=True,
-                           mutually_exclusive=[("rollback", "pin_root")])
+                           mutually_exclusive=[("rollback", "pin_root"), ("artifacts", "pin_root")])
     try:
         Run(module).run()
     except Exception as exc:  # a crash: the message and the traceback, never a half-reported state

@@ -45,6 +45,10 @@ options:
     description:
       - Artifacts (C(bpfdeploy build --out)) the deployment will use, so sources need no clang here.
     type: path
+  allowed_signers:
+    description:
+      - An ssh-keygen allowed_signers file the O(artifacts) signature must verify against.
+    type: path
   refresh:
     description:
       - Probe again even when this boot's probe is cached.
@@ -111,10 +115,15 @@ diagnostics:
   elements: dict
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.bpfdeploy.ebpf.plugins.module_utils import bundle as bundle_utils
 from ansible_collections.bpfdeploy.ebpf.plugins.module_utils import engine
 from ansible_collections.bpfdeploy.ebpf.plugins.module_utils import release as release_utils
+
+
+SIGNERS = ".allowed_signers"
 
 
 def main():
@@ -124,6 +133,7 @@ def main():
             manifest=dict(type="path"),
             remote_src=dict(type="bool", default=False),
             artifacts=dict(type="path"),
+            allowed_signers=dict(type="path"),
             refresh=dict(type="bool", default=False),
             state_dir=dict(type="path"),
             cache_dir=dict(type="path"),
@@ -154,10 +164,20 @@ def main():
             manifest_rel, files, artifacts = bundle_utils.collect_raw(p["manifest"], p["artifacts"])
     except bundle_utils.BundleError as exc:
         module.fail_json(msg=str(exc), ansible_facts=facts)
+    signers = None
+    if p["_bundle"] and p["_bundle"].get("allowed_signers"):
+        import base64
+
+        files[SIGNERS] = base64.b64decode(p["_bundle"]["allowed_signers"])
+    elif p["allowed_signers"]:
+        with open(p["allowed_signers"], "rb") as fh:
+            files[SIGNERS] = fh.read()
     rel = release_utils.temporary(manifest_rel, files, artifacts, bundle_utils.digest(files, artifacts))
+    if SIGNERS in files:
+        signers = os.path.join(rel.directory, "files", SIGNERS)
     try:
         try:
-            prepared = engine.prepare(rel.manifest, artifacts=rel.artifacts)
+            prepared = engine.prepare(rel.manifest, artifacts=rel.artifacts, allowed_signers=signers)
             _features, diags = engine.gate(prepared, rel.manifest, refresh=False)
         except BpfdeployError as exc:  # it cannot even be built or resolved here (no clang, bad object)
             fields = engine.error_result(exc)
