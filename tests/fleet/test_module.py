@@ -216,3 +216,25 @@ def test_probe_gates_a_manifest_the_host_cannot_run(sandbox, modules, monkeypatc
     refused = run_module(modules["probe"], monkeypatch, {"check": "manifest", **bundle_args(too_new)})
     assert refused["failed"] and refused["fits"] is False
     assert any(d["path"] == "requires.kernel" for d in refused["diagnostics"]) and "99.0" in refused["msg"]
+
+
+def test_ansible_doc_renders_both_modules_and_the_collection_builds(fleet_ready, tmp_path):
+    env = {"ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{REPO / '.venv/bin'}:/usr/bin:/bin"}
+    for module, option in (("deployment", "allow_map_recreate"), ("probe", "check")):
+        out = subprocess.run([str(REPO / ".venv/bin/ansible-doc"), f"bpfdeploy.ebpf.{module}"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "ERROR" not in out.stderr, out.stderr
+        assert f"MODULE bpfdeploy.ebpf.{module}" in out.stdout and option in out.stdout
+        assert "ATTRIBUTES" in out.stdout and "check_mode" in out.stdout and "RETURN VALUES" in out.stdout
+    built = subprocess.run([str(REPO / ".venv/bin/ansible-galaxy"), "collection", "build", "--output-path",
+                            str(tmp_path), str(COLLECTIONS / "ansible_collections/bpfdeploy/ebpf")], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stdout + built.stderr
+    import tarfile
+
+    with tarfile.open(tmp_path / "bpfdeploy-ebpf-0.1.0.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"plugins/modules/deployment.py", "plugins/action/deployment.py", "plugins/module_utils/engine.py",
+            "roles/install/tasks/main.yml", "meta/runtime.yml"} <= names
+    assert not [n for n in names if "__pycache__" in n]

@@ -150,10 +150,10 @@ def state_view(planned):
     for action in planned.plan.actions:
         if action.resource is Resource.ATTACHMENT and action.kind is not Kind.CREATE:
             name = action.address.split("/", 1)[1]
-            hook = action.desired.hook_text() if action.kind is Kind.NOOP and action.desired else (
-                action.before.text if action.before else None)
-            program = action.desired.program if action.kind is Kind.NOOP and action.desired else None
-            before["attachments"][name] = {"program": program, "hook": hook}
+            if action.kind is Kind.DELETE or action.desired is None:
+                before["attachments"][name] = {"program": None, "hook": action.before.text if action.before else None}
+            else:  # in place, or updated to the replaced program: the programs' builds show what changes
+                before["attachments"][name] = {"program": action.desired.program, "hook": action.desired.hook_text()}
     after = {"programs": {}, "maps": {}, "attachments": {}}
     for p in desired.programs:  # empty for a destroy
         after["programs"][p.pin_name] = {"type": p.prog_type, "build": p.digest[:12]}

@@ -25,9 +25,9 @@ description:
     mutating call is made on the target. Diff mode shows programs, maps and attachments before
     and after, with build digests.
 author:
-  - bpfdeploy contributors
+  - bpfdeploy contributors (@bpfdeploy)
 requirements:
-  - bpfdeploy installed for the target's O(ansible_python_interpreter) (role P(bpfdeploy.ebpf.install#role)).
+  - bpfdeploy installed for the target's C(ansible_python_interpreter) (role P(bpfdeploy.ebpf.install#role)).
   - root on the target (CAP_BPF and CAP_SYS_ADMIN), bpftool and libbpf; clang when the manifest builds from source.
 options:
   manifest:
@@ -181,7 +181,7 @@ release:
   type: dict
   sample: {"used": "3b1f...", "current": "3b1f...", "previous": "9ac0..."}
 partial:
-  description: The apply finished but an attachment marked C(optional) could not be made (see O(skipped)).
+  description: The apply finished but an attachment marked C(optional) could not be made (see RV(skipped)).
   returned: success, state=present
   type: bool
 skipped:

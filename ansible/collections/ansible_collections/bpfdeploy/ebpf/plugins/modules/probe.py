@@ -21,9 +21,9 @@ description:
     the host when it cannot, naming every missing thing. Nothing is changed on the host, so a
     play can gate every host before any host changes.
 author:
-  - bpfdeploy contributors
+  - bpfdeploy contributors (@bpfdeploy)
 requirements:
-  - bpfdeploy installed for the target's O(ansible_python_interpreter).
+  - bpfdeploy installed for the target's C(ansible_python_interpreter).
 options:
   check:
     description:
@@ -68,9 +68,11 @@ attributes:
     description: The module changes nothing in any mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
   platform:
     support: full
     platforms: posix
+    description: Linux with BPF, bpffs and cgroup v2.
 notes:
   - Sets the fact C(bpfdeploy_features).
 seealso:
@@ -181,8 +183,8 @@ def main():
             _features, diags = engine.gate(prepared, rel.manifest, refresh=False)
         except BpfdeployError as exc:  # it cannot even be built or resolved here (no clang, bad object)
             fields = engine.error_result(exc)
-            module.fail_json(fits=False, ansible_facts=facts,
-                             **dict(fields, msg="host cannot run %s: %s" % (p["manifest"], fields["msg"])))
+            fields["msg"] = "host cannot run %s: %s" % (p["manifest"], fields["msg"])
+            module.fail_json(fits=False, ansible_facts=facts, **fields)
         errors = [d for d in diags if d.severity == "error"]
         out = dict(changed=False, ansible_facts=facts, fits=not errors, deployment=prepared.desired.name,
                    diagnostics=[d.to_json() for d in diags])
