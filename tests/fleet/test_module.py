@@ -83,7 +83,9 @@ def test_check_mode_makes_no_mutating_call(sandbox, modules, monkeypatch, tmp_pa
     state = tmp_path / "mstate"
     first = run_module(modules["deployment"], monkeypatch, bundle_args(v1, state_dir=str(state)))
     assert first["changed"] and first["mutations"] > 0 and first["status"]["healthy"], first
-    assert first["plan"]["format_version"] == 2
+    from bpfdeploy.plan import PLAN_FORMAT
+
+    assert first["plan"]["format_version"] == PLAN_FORMAT  # the same reply as plan --json
 
     import bpfdeploy.kernel.apply as kernel_apply
     import bpfdeploy.workflow as workflow
