@@ -337,7 +337,8 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
         expected = file_digest(art.path.read_bytes())
         if expected != art.digest:
             out.append(Diagnostic(f"object {obj.name!r}: the index records build digest {art.digest}, the file's "
-                                  f"bytes give {expected}", str(artifacts.index), where + ".build_digest"))
+                                  f"bytes give {expected}", str(artifacts.index), where + ".build_digest",
+                                  hint=_version_hint(artifacts)))
         elif obj.file.is_file() and file_digest(obj.file.read_bytes()) != art.digest:
             out.append(Diagnostic(f"object {obj.name!r}: the prebuilt file {obj.file} on this host differs from "
                                   f"the artifact {art.path} (build digest {file_digest(obj.file.read_bytes())}, "
@@ -346,7 +347,8 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
     expected = source_digest(art.inputs, art.clang, art.btf)
     if expected != art.digest:
         out.append(Diagnostic(f"object {obj.name!r}: the index records build digest {art.digest}, its recorded "
-                              f"inputs, clang and BTF give {expected}", str(artifacts.index), where + ".build_digest"))
+                              f"inputs, clang and BTF give {expected}", str(artifacts.index), where + ".build_digest",
+                              hint=_version_hint(artifacts)))
     elif obj.source.is_file():
         # The sources are on this host too (shipped with the manifest): they must be the ones built.
         try:
@@ -358,6 +360,14 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
                                   f"host differs from the one the artifacts were built from (inputs digest {here}, "
                                   f"expected {art.inputs})", str(obj.source), where, hint=_BUILD_HINT))
     return out
+
+
+def _version_hint(artifacts: ArtifactSet) -> str:
+    """A digest that does not follow from its parts: the index was edited, or another bpfdeploy made it."""
+    if artifacts.bpfdeploy_version != __version__:
+        return (f"the artifacts were built by bpfdeploy {artifacts.bpfdeploy_version}, this is {__version__}: "
+                "build them with the version the hosts run")
+    return "the index was changed after bpfdeploy build; " + _BUILD_HINT
 
 
 def _check_signature(artifacts: ArtifactSet, manifest: Manifest, allowed_signers: Path | None,

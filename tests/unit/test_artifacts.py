@@ -350,3 +350,46 @@ def test_allowed_signers_without_artifacts_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "plan", str(_tree(tmp_path)),
                            "--allowed-signers", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 64 and "--allowed-signers needs --artifacts" in proc.stderr
+
+
+# -- bpfdeploy build (clang, no kernel) -----------------------------------------------------------
+
+COUNTER = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+SEC("cgroup_skb/ingress")
+int count_in(struct __sk_buff *skb) { return 1; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang missing")
+def test_build_needs_the_sources_not_the_targets_cgroups_and_refuses_a_misfit_on_the_controller(tmp_path,
+                                                                                               monkeypatch):
+    from bpfdeploy.diagnostics import ManifestError
+    from bpfdeploy.workflow import build_artifacts
+
+    monkeypatch.setenv("BPFDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "count.bpf.c").write_text(COUNTER)
+    manifest = tmp_path / "m.yaml"
+    text = textwrap.dedent("""\
+        version: 1
+        name: controller-build
+        objects:
+          count:
+            source: count.bpf.c
+        attachments:
+          - program: PROGRAM
+            type: ingress
+            cgroup: /sys/fs/cgroup/unified/only-on-the-target-host
+        """)
+    manifest.write_text(text.replace("PROGRAM", "count_in"))
+    output = build_artifacts(manifest, tmp_path / "out")
+    assert output.built == ("count",) and not output.signed
+    assert arts.verify(output.artifacts, load_manifest(manifest, files_must_exist=False)[0]).objects[0][0] == "count"
+
+    manifest.write_text(text.replace("PROGRAM", "count_out"))
+    with pytest.raises(ManifestError) as err:
+        build_artifacts(manifest, tmp_path / "out2")
+    assert any("count_out" in d.message and d.line == 7 for d in err.value.diagnostics)
+    assert not (tmp_path / "out2" / "artifacts.json").exists()
