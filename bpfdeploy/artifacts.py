@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdeploy import __version__
-from bpfdeploy.build import BuiltObject, ObjectOrigin, file_digest, inputs_digest, source_digest
+from bpfdeploy.build import (BuiltObject, InputRefused, ObjectOrigin, hash_input, inputs_digest, prebuilt_digest,
+                             read_input, source_digest)
 from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError
 from bpfdeploy.manifest.model import Manifest
 
@@ -128,10 +129,9 @@ class BuildOutput:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file within the input limit (build.InputRefused otherwise; a FIFO never blocks)."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    hash_input(h, path)
     return h.hexdigest()
 
 
@@ -223,13 +223,13 @@ def read_artifacts(directory: Path) -> ArtifactSet:
                             (Diagnostic("expected a directory made by bpfdeploy build MANIFEST --out DIR",
                                         str(directory)),))
     try:
-        data_bytes = index.read_bytes()
+        data_bytes = read_input(index)
         data = json.loads(data_bytes.decode("ascii"))
     except FileNotFoundError:
         raise ArtifactError(f"{index} not found: {directory} is not an artifact directory",
                             (Diagnostic("expected a directory made by bpfdeploy build MANIFEST --out DIR",
                                         str(index)),)) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, InputRefused, UnicodeDecodeError, ValueError) as exc:
         raise ArtifactError(f"{index} cannot be read: {exc}",
                             (Diagnostic(f"not a bpfdeploy artifact index: {exc}", str(index)),)) from None
     problems: list[Diagnostic] = []
@@ -319,9 +319,10 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
     out: list[Diagnostic] = []
     try:
         found = sha256_file(art.path)
-    except OSError as exc:
-        return [Diagnostic(f"object {obj.name!r}: artifact file {art.path} cannot be read: "
-                           f"{exc.strerror or exc}", str(art.path), where, hint=_BUILD_HINT)]
+    except (OSError, InputRefused) as exc:
+        why = exc.reason if isinstance(exc, InputRefused) else exc.strerror or exc
+        return [Diagnostic(f"object {obj.name!r}: artifact file {art.path} cannot be read: {why}",
+                           str(art.path), where, hint=_BUILD_HINT)]
     if found != art.sha256:
         out.append(Diagnostic(f"object {obj.name!r}: artifact file {art.path} has sha256 {found}, "
                               f"expected {art.sha256} (recorded in {artifacts.index})", str(art.path), where,
@@ -334,15 +335,17 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
                               hint=_BUILD_HINT))
         return out
     if art.kind is ObjectKind.FILE:
-        expected = file_digest(art.path.read_bytes())
+        expected = prebuilt_digest(art.path)  # a regular file within the limit: its sha256 was just read
         if expected != art.digest:
             out.append(Diagnostic(f"object {obj.name!r}: the index records build digest {art.digest}, the file's "
                                   f"bytes give {expected}", str(artifacts.index), where + ".build_digest",
                                   hint=_version_hint(artifacts)))
-        elif obj.file.is_file() and file_digest(obj.file.read_bytes()) != art.digest:
-            out.append(Diagnostic(f"object {obj.name!r}: the prebuilt file {obj.file} on this host differs from "
-                                  f"the artifact {art.path} (build digest {file_digest(obj.file.read_bytes())}, "
-                                  f"expected {art.digest})", str(obj.file), where, hint=_BUILD_HINT))
+        else:
+            here = _host_digest(lambda: prebuilt_digest(obj.file))
+            if here is not None and here != art.digest:
+                out.append(Diagnostic(f"object {obj.name!r}: the prebuilt file {obj.file} on this host differs from "
+                                      f"the artifact {art.path} (build digest {here}, expected {art.digest})",
+                                      str(obj.file), where, hint=_BUILD_HINT))
         return out
     expected = source_digest(art.inputs, art.clang, art.btf)
     if expected != art.digest:
@@ -351,15 +354,20 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
                               hint=_version_hint(artifacts)))
     elif obj.source.is_file():
         # The sources are on this host too (shipped with the manifest): they must be the ones built.
-        try:
-            here = inputs_digest(obj)
-        except OSError:
-            here = None
+        here = _host_digest(lambda: inputs_digest(obj))
         if here is not None and here != art.inputs:
             out.append(Diagnostic(f"object {obj.name!r}: the source {obj.source} (or a header it includes) on this "
                                   f"host differs from the one the artifacts were built from (inputs digest {here}, "
                                   f"expected {art.inputs})", str(obj.source), where, hint=_BUILD_HINT))
     return out
+
+
+def _host_digest(digest) -> str | None:
+    """A digest of the host's own copy of an object's files, or None when there is none to read."""
+    try:
+        return digest()
+    except (OSError, InputRefused):  # absent, unreadable, not a regular file: the artifact is what counts
+        return None
 
 
 def _version_hint(artifacts: ArtifactSet) -> str:

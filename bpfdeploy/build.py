@@ -227,11 +227,16 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(BUILD_FORMAT.encode() + b"file\0" + data).hexdigest()
 
 
+def prebuilt_digest(path: Path) -> str:
+    """file_digest of a file, without holding it in memory (InputRefused: too big, not a regular file)."""
+    h = hashlib.sha256(BUILD_FORMAT.encode() + b"file\0")
+    hash_input(h, path)
+    return h.hexdigest()
+
+
 def object_digest(obj: ObjectSpec, clang_id: str | None = None) -> str:
-    if obj.file is not None:  # file_digest, without holding the file in memory
-        h = hashlib.sha256(BUILD_FORMAT.encode() + b"file\0")
-        hash_input(h, obj.file)
-        return h.hexdigest()
+    if obj.file is not None:
+        return prebuilt_digest(obj.file)
     return source_digest(inputs_digest(obj), clang_id or _clang_identity(),
                          _btf_identity() if obj.vmlinux_h else None)
 

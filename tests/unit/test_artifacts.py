@@ -18,7 +18,7 @@ import pytest
 
 from bpfdeploy import artifacts as arts
 from bpfdeploy.artifacts import ArtifactError, SignatureState
-from bpfdeploy.build import BuiltObject, ObjectOrigin, inputs_digest, object_digest
+from bpfdeploy.build import BuiltObject, ObjectOrigin, file_digest, inputs_digest, object_digest
 from bpfdeploy.manifest import load_manifest
 
 HEADER = "#define VALUE 7\n"
@@ -169,6 +169,19 @@ def test_a_missing_object_file_is_refused(built_dir):
     assert "cannot be read" in err.value.diagnostics[0].message
 
 
+def test_an_object_that_is_not_a_regular_file_is_refused_without_blocking(built_dir):
+    import os
+
+    manifest_path, out = built_dir
+    obj = out / "objects" / "prog.o"
+    obj.unlink()
+    os.mkfifo(obj)  # reading it would wait for a writer forever
+    with pytest.raises(ArtifactError) as err:
+        arts.verify(arts.read_artifacts(out), _load(manifest_path))
+    (d,) = err.value.diagnostics
+    assert d.file == str(obj) and "not a regular file" in d.message
+
+
 def test_artifacts_of_another_manifest_are_refused(built_dir):
     manifest_path, out = built_dir
     manifest_path.write_text(manifest_path.read_text() + "description: edited after the build\n")
@@ -274,7 +287,7 @@ def test_a_signature_by_another_key_or_over_a_changed_index_is_refused(built_dir
     obj.write_bytes(obj.read_bytes() + b"evil")
     index = json.loads((out / "artifacts.json").read_text())
     index["objects"]["pre"]["sha256"] = arts.sha256_file(obj)
-    index["objects"]["pre"]["build_digest"] = arts.file_digest(obj.read_bytes())
+    index["objects"]["pre"]["build_digest"] = file_digest(obj.read_bytes())
     (out / "artifacts.json").write_text(json.dumps(index, indent=2) + "\n")
     (manifest_path.parent / "prebuilt.o").unlink()  # so the host's own copy cannot tell either
     manifest = _load(manifest_path, objects_must_exist=False)
