@@ -29,6 +29,7 @@ def reply(props, required, extra_ok=True):
 DIAGS = {"type": "array", "items": {"$ref": "diagnostic.schema.json"}}
 nullable = lambda t: {"type": [t, "null"]}
 STR_LIST = {"type": "array", "items": {"type": "string"}}
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 s("diagnostic", "A problem found (file, manifest path, line, message, hint)", {
     "type": "object", "required": ["severity", "file", "path", "line", "column", "message", "hint"],
@@ -39,7 +40,7 @@ s("diagnostic", "A problem found (file, manifest path, line, message, hint)", {
                    "hint": {"type": "string"}}})
 
 state = {"type": ["object", "null"], "description": "Typed fields of one side of the change (see docs/manifest.md, How plan decides)",
-         "additionalProperties": {"type": ["string", "integer", "array", "null"]}}
+         "additionalProperties": {"type": ["string", "integer", "boolean", "array", "null"]}}
 entry_bytes = {"type": "string", "pattern": "^0x([0-9a-f]{2})*$"}
 s("plan", "bpfdeploy plan --json (also the 'plan' of apply and destroy replies)", reply({
     "deployment": {"type": "string"}, "pin_root": {"type": "string"},
@@ -47,7 +48,19 @@ s("plan", "bpfdeploy plan --json (also the 'plan' of apply and destroy replies)"
                 "additionalProperties": {"type": "integer", "minimum": 0}},
     "changes": {"type": "boolean"},
     "actions": {"type": "array", "items": {"$ref": "#/$defs/action"}},
-    "conflicts": STR_LIST, "diagnostics": DIAGS},
+    "conflicts": STR_LIST, "diagnostics": DIAGS,
+    "artifacts": {"description": "Where the objects came from when deployed with --artifacts (null: built here)",
+                  "type": ["object", "null"],
+                  "required": ["directory", "signature", "principal", "allowed_signers", "built_by", "objects"],
+                  "properties": {
+                      "directory": {"type": "string"}, "signature": {"enum": ["good", "unsigned", "not checked"]},
+                      "principal": nullable("string"), "allowed_signers": nullable("string"),
+                      "built_by": {"type": "string"},
+                      "objects": {"type": "array", "items": {
+                          "type": "object", "required": ["object", "sha256", "build_digest"],
+                          "additionalProperties": False,
+                          "properties": {"object": {"type": "string"}, "sha256": SHA256,
+                                         "build_digest": SHA256}}}}}},
     ["deployment", "pin_root", "summary", "changes", "actions", "conflicts", "diagnostics"]),
   {"action": {"type": "object", "required": ["action", "resource", "address", "reason", "before", "after",
                                              "before_text", "after_text"],
@@ -70,6 +83,16 @@ s("validate", "bpfdeploy validate --json", reply({
     "valid": {"const": True}, "deployment": {"type": "string"}, "pin_root": {"type": "string"},
     "programs": {"type": "integer"}, "maps": {"type": "integer"}, "attachments": {"type": "integer"},
     "diagnostics": DIAGS}, ["valid", "deployment", "pin_root", "programs", "maps", "attachments", "diagnostics"]))
+
+s("build", "bpfdeploy build FILE --out DIR --json", reply({
+    "directory": {"type": "string"}, "index": {"type": "string"}, "deployment": {"type": "string"},
+    "manifest_sha256": SHA256, "bpfdeploy_version": {"type": "string"}, "signature": nullable("string"),
+    "objects": {"type": "array", "items": {
+        "type": "object", "required": ["object", "file", "kind", "sha256", "build_digest", "built"],
+        "additionalProperties": False,
+        "properties": {"object": {"type": "string"}, "file": {"type": "string"}, "kind": {"enum": ["source", "file"]},
+                       "sha256": SHA256, "build_digest": SHA256, "built": {"type": "boolean"}}}}},
+    ["directory", "index", "deployment", "manifest_sha256", "bpfdeploy_version", "signature", "objects"]))
 
 plan_inner = {"allOf": [{"$ref": "plan.schema.json"}]}
 s("apply", "bpfdeploy apply --json and bpfdeploy destroy --json", reply({

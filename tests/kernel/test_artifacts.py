@@ -20,6 +20,7 @@ import yaml
 
 from tests.kernel.conftest import map_values, prog_ids_under
 from tests.kernel.traffic import ECHO
+from tests.reply_schemas import check_reply
 
 # Run argv[2:] in a new mount namespace in which each path of argv[1] (':'-separated) is masked.
 _MASKED = r"""
@@ -86,11 +87,13 @@ def test_artifacts_deploy_without_clang_and_agree_with_a_local_build(sandbox):
     manifest = sandbox.example("cgroup-counters.yaml")
     root, out = _root(manifest), sandbox.tmp / "artifacts"
     built = sandbox.cli_json("build", manifest, "--out", out)
+    check_reply("build", built)
     assert {o["object"] for o in built["objects"]} == {"counters"}
 
     # A host without clang: the objects come from the artifacts; clang is never started.
     proc, execs = cli_without_clang(sandbox, "apply", manifest, "--artifacts", out, "--json")
     reply = json.loads(proc.stdout)
+    check_reply("apply", reply)
     assert reply["applied"] and reply["mutations"] > 0
     assert reply["plan"]["artifacts"]["directory"] == str(out)
     assert reply["plan"]["artifacts"]["signature"] == "unsigned"
@@ -145,6 +148,7 @@ def test_a_changed_object_is_refused_and_nothing_changes(sandbox):
     before = _snapshot(root)
     proc, _ = cli_without_clang(sandbox, "apply", manifest, "--artifacts", bad, "--json", check=False)
     reply = json.loads(proc.stdout)
+    check_reply("error", reply)
     assert proc.returncode == 1 and reply["diagnostics"][0]["file"] == str(obj)
     assert expected in reply["diagnostics"][0]["message"]
     assert _snapshot(root) == before
@@ -188,7 +192,9 @@ def test_a_manifest_that_requires_a_signature_refuses_unsigned_and_badly_signed_
 
     sandbox.cli("build", manifest, "--out", out, "--sign-key", key)
     proc, _ = cli_without_clang(sandbox, "apply", manifest, "--artifacts", out, "--allowed-signers", signers, "--json")
-    arts = json.loads(proc.stdout)["plan"]["artifacts"]
+    reply = json.loads(proc.stdout)
+    check_reply("apply", reply)
+    arts = reply["plan"]["artifacts"]
     assert arts["signature"] == "good" and arts["principal"] == "release@example.org"
     before = _snapshot(root)
     netns = sandbox.netns()
