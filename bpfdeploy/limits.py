@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 MAX_MANIFEST_BYTES = 1024 * 1024  # 1 MiB: the largest example is under 4 kB
+MAX_SAVED_PLAN_BYTES = 64 * 1024 * 1024  # a saved plan of 200 programs is about 200 kB
 DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024  # sources, headers and object files
 INPUT_LIMIT_SETTING = "BPFDEPLOY_MAX_INPUT_BYTES"
 READ_CHUNK = 1024 * 1024  # files are hashed in pieces of this size, never read whole

@@ -281,8 +281,12 @@ def save_plan(planned: Planned, out: Path) -> None:
 
 def read_saved_plan(path: Path) -> dict | None:
     """The saved plan in FILE, or None when FILE is a manifest."""
+    from bpfdeploy.limits import MAX_SAVED_PLAN_BYTES
+
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:  # never read on without end (/dev/zero, a 3 GB file)
+            data = fh.read(MAX_SAVED_PLAN_BYTES + 1)
+        text = data.decode() if len(data) <= MAX_SAVED_PLAN_BYTES else ""
     except (OSError, UnicodeDecodeError):
         return None  # not a saved plan: loading it as a manifest reports what is wrong
     if not text.lstrip().startswith("{"):

@@ -291,3 +291,26 @@ def test_the_reference_does_not_contradict_itself_on_globals():
     assert "### `globals`" in text
     assert "there is no\n  `globals` field" not in text and "no `globals` field" not in text
     assert "There is no field to set global variables" not in text
+
+
+def test_apply_of_an_endless_or_huge_file_is_not_read_whole(tmp_path):
+    """apply FILE first asks whether FILE is a saved plan: that read had no limit either."""
+    import signal
+
+    from bpfdeploy.workflow import read_saved_plan
+
+    def too_slow(*_):
+        raise TimeoutError("read_saved_plan kept reading")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        assert read_saved_plan(Path("/dev/zero")) is None
+        huge = tmp_path / "plan.json"
+        with open(huge, "wb") as fh:
+            fh.write(b"{")
+            fh.truncate(3 * 1024 ** 3)
+        assert read_saved_plan(huge) is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
