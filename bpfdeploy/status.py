@@ -104,10 +104,14 @@ class DeploymentStatus:
     extra: list[str] = field(default_factory=list)  # live things the manifest no longer has
     conflicts: list[str] = field(default_factory=list)
     stats_window: float | None = None
+    # Errors that stop every plan (a symlink or a pin the record does not list in the pin root, an
+    # overlapping pin root): nothing can be compared until they are fixed.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return all(x.state == "in sync" for x in [*self.programs, *self.maps, *self.attachments]) and not self.extra
+        return all(x.state == "in sync" for x in [*self.programs, *self.maps, *self.attachments]) \
+            and not self.extra and not self.errors
 
     def counts(self) -> dict:
         progs = self.programs
@@ -123,14 +127,15 @@ class DeploymentStatus:
                 "stats_window_seconds": self.stats_window,
                 "programs": [asdict(p) for p in self.programs], "maps": [asdict(m) for m in self.maps],
                 "attachments": [asdict(a) for a in self.attachments], "not_in_manifest": self.extra,
-                "conflicts": self.conflicts}
+                "conflicts": self.conflicts, "errors": self.errors}
 
 
 def deployment_status(desired, live, plan: Plan, stats: dict | None = None, window: float | None = None
                       ) -> DeploymentStatus:
     """The plan read as a status: no-op is in sync, create is missing, update/replace is drift."""
     by_address = {a.address: a for a in plan.actions}
-    out = DeploymentStatus(desired.name, str(desired.pin_root), conflicts=list(plan.conflicts), stats_window=window)
+    out = DeploymentStatus(desired.name, str(desired.pin_root), conflicts=list(plan.conflicts), stats_window=window,
+                           errors=[d.message for d in plan.errors])
     for p in desired.programs:
         action = by_address.get(f"prog/{p.pin_name}")
         live_prog = live.programs.get(str(p.pin))

@@ -116,7 +116,8 @@ s("status", "bpfdeploy status FILE --json", reply({
                                                "properties": {"name": {"type": "string"},
                                                               "program": {"type": "string"},
                                                               "hook": {"type": "string"}, "state": STATE_ENUM}}},
-    "not_in_manifest": STR_LIST, "conflicts": STR_LIST},
+    "not_in_manifest": STR_LIST, "conflicts": STR_LIST,
+    "errors": {**STR_LIST, "description": "Errors that stop every plan (a symlink or a pin the record does not list in the pin root, an overlapping pin root): states are unknown until they are fixed."}},
     ["deployment", "pin_root", "healthy", "summary", "programs", "maps", "attachments", "not_in_manifest",
      "conflicts"]))
 

@@ -87,6 +87,8 @@ def status_table(s):
         parts.append(f"[yellow]not in the manifest[/]: {escape(x)}")
     for c in s.conflicts:
         parts.append(f"[yellow]conflict[/]: {escape(c)}")
+    for e in s.errors:  # why every state above is "unknown"
+        parts.append(f"[red]error[/]: {escape(e)}")
     if s.stats_window is not None:
         parts.append(f"[dim]Run counts were measured over {s.stats_window:g} s with kernel.bpf_stats_enabled=1, "
                      "which was restored afterwards.[/]")

@@ -222,3 +222,17 @@ def test_destroy_of_the_last_deployment_keeps_the_default_pin_base(sandbox):
             except OSError:
                 pass
         shutil.rmtree(pin_root, ignore_errors=True) if pin_root.exists() else None
+
+
+def test_status_says_why_a_pin_root_with_a_foreign_pin_cannot_be_compared(sandbox):
+    manifest, root = _applied(sandbox)
+    _pin_map(root / "maps" / "theirs")
+    try:
+        proc = sandbox.cli("status", manifest, check=False)
+        assert proc.returncode == 3 and "maps/theirs" in proc.stdout and "was not made by bpfdeploy" in proc.stdout
+        reply = json.loads(sandbox.cli("status", manifest, "--json", check=False).stdout)
+        assert reply["healthy"] is False and any("maps/theirs" in e for e in reply["errors"])
+    finally:
+        (root / "maps" / "theirs").unlink()
+    reply = sandbox.cli_json("status", manifest)
+    assert reply["healthy"] is True and reply["errors"] == []
