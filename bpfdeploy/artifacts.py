@@ -362,6 +362,13 @@ def _check_object(obj, art: ArtifactObject, artifacts: ArtifactSet) -> list[Diag
     return out
 
 
+def _holds(path: Path, data: bytes) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == len(data) and read_input(path) == data
+    except (OSError, InputRefused):
+        return False
+
+
 def _host_digest(digest) -> str | None:
     """A digest of the host's own copy of an object's files, or None when there is none to read."""
     try:
@@ -438,7 +445,31 @@ def check_signature(artifacts: ArtifactSet, signers: Path) -> tuple[str | None, 
     return None, last
 
 
-def built_objects(artifacts: ArtifactSet, manifest: Manifest) -> dict[str, BuiltObject]:
-    """The verified artifacts as the objects a build would have produced (same digests, no clang)."""
-    return {obj.name: BuiltObject(obj.name, artifacts.object(obj.name).path, artifacts.object(obj.name).digest,
-                                  False, ObjectOrigin.ARTIFACTS) for obj in manifest.objects}
+def built_objects(artifacts: ArtifactSet, manifest: Manifest, store: Path) -> dict[str, BuiltObject]:
+    """The verified artifacts as the objects a build would have produced (same digests, no clang).
+
+    Each object is read once more and written to ``store/<sha256>.o`` (a directory of bpfdeploy's
+    own cache) from the very bytes whose sha256 is checked again, and that copy is what libbpf
+    loads: a file swapped in the artifact directory after ``verify`` is refused, never loaded.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for obj in manifest.objects:
+        art = artifacts.object(obj.name)
+        try:
+            data = read_input(art.path)
+        except (OSError, InputRefused) as exc:
+            data, why = None, exc.reason if isinstance(exc, InputRefused) else exc.strerror or exc
+        found = hashlib.sha256(data).hexdigest() if data is not None else None
+        if found != art.sha256:
+            raise ArtifactError(f"the artifacts in {artifacts.directory} cannot be used; nothing was changed", (
+                Diagnostic(f"object {obj.name!r}: artifact file {art.path} changed while it was checked"
+                           + (f" (sha256 {found}, expected {art.sha256})" if found else f": {why}"),
+                           str(art.path), f"objects.{obj.name}"),))
+        copy = store / f"{art.sha256}.o"
+        if not _holds(copy, data):  # kept when it is already these bytes (its stamp keeps the prepared cache)
+            tmp = store / f".{art.sha256}.tmp{os.getpid()}"
+            tmp.write_bytes(data)
+            tmp.replace(copy)
+        out[obj.name] = BuiltObject(obj.name, copy, art.digest, False, ObjectOrigin.ARTIFACTS)
+    return out

@@ -150,7 +150,7 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
         from bpfdeploy.artifacts import built_objects, verify
 
         provenance = verify(source, manifest, allowed_signers)  # before libbpf opens any of the files
-        built = built_objects(source, manifest)
+        built = built_objects(source, manifest, cache / "artifacts")  # the checked bytes, copied
     else:
         built = build_all(manifest, on_build, cache)
     infos = {}

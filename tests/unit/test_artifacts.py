@@ -139,10 +139,27 @@ def test_artifacts_give_the_digests_a_local_build_records(built_dir, tmp_path):
     found = arts.read_artifacts(out)
     provenance = arts.verify(found, manifest)
     assert provenance.signature is SignatureState.UNSIGNED
-    objects = arts.built_objects(found, manifest)
+    objects = arts.built_objects(found, manifest, tmp_path / "store")
     local = _load(manifest_path)
     assert {n: b.digest for n, b in objects.items()} == {o.name: object_digest(o) for o in local.objects}
-    assert all(b.origin is ObjectOrigin.ARTIFACTS and b.path.parent == out / "objects" for b in objects.values())
+    assert all(b.origin is ObjectOrigin.ARTIFACTS for b in objects.values())
+    # What is loaded is a private copy of the checked bytes, named by their sha256.
+    for name, b in objects.items():
+        assert b.path.parent == tmp_path / "store" and b.path.read_bytes() == (out / "objects" / f"{name}.o").read_bytes()
+        assert b.path.name == arts.sha256_file(b.path) + ".o"
+
+
+def test_an_object_swapped_after_the_check_is_not_loaded(built_dir, tmp_path):
+    manifest_path, out = built_dir
+    manifest = _load(manifest_path)
+    found = arts.read_artifacts(out)
+    arts.verify(found, manifest)
+    (out / "objects" / "prog.o").write_bytes(b"\x7fELF swapped in after verify")
+    with pytest.raises(ArtifactError) as err:
+        arts.built_objects(found, manifest, tmp_path / "store")
+    assert "changed while it was checked" in err.value.diagnostics[0].message
+    assert not list((tmp_path / "store").glob("*.o")) or all(
+        p.read_bytes() != b"\x7fELF swapped in after verify" for p in (tmp_path / "store").glob("*.o"))
 
 
 def test_a_changed_object_is_refused_naming_file_object_and_both_digests(built_dir):
