@@ -251,7 +251,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
             netns=str(att.netns) if att.netns and att.device else None, xdp_mode=att.xdp_mode,
             priority=att.priority, handle=att.handle, trace_target=att.trace_target,
             binary=str(att.binary) if att.binary else None, symbol=att.symbol, offset=att.offset, pid=att.pid,
-            optional=att.optional))
+            optional=att.optional, order=att.order))
     if problems:
         return None, problems
     return DesiredState(manifest.name, root, tuple(maps), tuple(programs), tuple(attachments),

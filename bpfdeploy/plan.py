@@ -212,6 +212,7 @@ class Plan:
     artifacts: dict | None = None  # where the objects came from when not built here (artifacts.Provenance)
     # (attachment name, why) of optional attachments left out because their hook cannot be used
     skipped: tuple[tuple[str, str], ...] = ()
+    chains: tuple = ()  # order.Chain of each hook whose programs run in a chain we order or share
 
     @property
     def changes(self) -> tuple[Action, ...]:
@@ -233,7 +234,23 @@ class Plan:
                 "actions": [a.to_json() for a in self.actions],
                 "conflicts": list(self.conflicts), "diagnostics": [d.to_json() for d in self.diagnostics],
                 "artifacts": self.artifacts,
-                "skipped": [{"attachment": name, "reason": why} for name, why in self.skipped]}
+                "skipped": [{"attachment": name, "reason": why} for name, why in self.skipped],
+                "chains": [c.to_json() for c in self.chains]}
+
+
+def _anchors_first(attachments) -> list:
+    """Attachments in manifest order, except that one placed before/after another comes after it,
+    so that apply makes the anchor's link first."""
+    out: list = []
+    pending = list(attachments)
+    names = {a.name for a in attachments}
+    while pending:
+        done = {a.name for a in out}
+        ready = next((a for a in pending if a.order is None or a.order.anchor is None or a.order.anchor in done
+                      or a.order.anchor not in names), pending[0])
+        out.append(ready)
+        pending.remove(ready)
+    return out
 
 
 def plan(desired: DesiredState, live: LiveState, manifest_file: str = "", destroy: bool = False) -> Plan:
@@ -271,6 +288,8 @@ class _Planner:
         self.explained: set[str] = set()  # live pins that a desired object accounts for
         self.gone = "no longer in the manifest"
         self.skipped: list[tuple[str, str]] = []  # optional attachments left out, and why
+        self.chains: list = []  # order.Chain per shared hook
+        self.reorder: set[str] = set()  # existing attachments out of their place: made again there
         self.missing_cgroups: set[str] = set()  # cgroups that neither exist nor are created
 
     def run(self) -> Plan:
@@ -285,13 +304,56 @@ class _Planner:
             self._map(m)
         for p in self.d.programs:
             self._program(p)
-        for a in self.d.attachments:
+        self._chains()
+        for a in _anchors_first(self.d.attachments):
             self._attachment(a)
         self._access()
         self._leftovers()
         actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
         return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts),
-                    skipped=tuple(self.skipped))
+                    skipped=tuple(self.skipped), chains=tuple(self.chains))
+
+    # -- chains of programs on shared hooks (tcx, cgroup links): where each program runs
+    def _chains(self) -> None:
+        from bpfdeploy.order import Chain, ChainEntry, plan_chain
+
+        groups: dict[tuple, list[DesiredAttachment]] = {}
+        for a in self.d.attachments:
+            chained = (a.kind is HookKind.CGROUP and a.mode is AttachMode.LINK) or \
+                a.attach_type.name in ("tcx_ingress", "tcx_egress")
+            if chained:
+                groups.setdefault(hook_key(a.kind, a.target, a.attach_type.value), []).append(a)
+        for key, atts in groups.items():
+            hook = self.live.hooks.get(key)
+            live_ids = list(hook.prog_ids) if hook is not None else []
+            if not any(a.order for a in atts) and len(live_ids) + sum(
+                    1 for a in atts if str(a.pin) not in self.live.links) < 2:
+                continue  # one program alone: no chain worth showing
+            holders: dict[int, list[str]] = {}
+            for a in atts:
+                link = self.live.links.get(str(a.pin))
+                if link is not None and link.prog_id in live_ids:
+                    holders.setdefault(link.prog_id, []).append(a.name)
+            live = []
+            for pid in live_ids:
+                name = holders[pid].pop(0) if holders.get(pid) else None
+                label = name or f"{self.live.names.get(pid, '?')} (id {pid}" + \
+                    (", not ours)" if pid not in self.ours else ")")
+                live.append((pid, name, label))
+            present = {n for _pid, n, _l in live if n}
+            labels, moved, notes = plan_chain(live, [(a.name, a.order, a.name in present) for a in atts])
+            self.reorder.update(moved)
+            ids = {n or label: pid for pid, n, label in live}
+            ours = {a.name for a in atts}
+            entries = tuple(ChainEntry(label, ids.get(label, 0) if label not in moved else 0, label in ours,
+                                       label in ours and (label in moved or label not in present))
+                            for label in labels)
+            first = atts[0]
+            self.chains.append(Chain(f"{first.attach_type.short[0]} on {first.kind.value} {first.target}", entries,
+                                     tuple(notes)))
+            for note in notes:
+                self.diags.append(Diagnostic(f"{first.hook_text()}: {note}", self.file, format_path(first.where),
+                                             severity="warning"))
 
     # -- confinement: nothing is planned in a pin root that is not wholly the deployment's
     def _unsafe_pin_root(self) -> bool:
@@ -485,7 +547,8 @@ class _Planner:
                            and hook.attach_flags == BPF_F_ALLOW_MULTI)
                           or a.attach_type.name in ("tcx_ingress", "tcx_egress"))  # tcx runs a chain
                 if shared:
-                    self.conflicts.append(text + "; left alone, both run")
+                    if text + "; left alone, both run" not in self.conflicts:  # once per hook, not per attachment
+                        self.conflicts.append(text + "; left alone, both run")
                 else:
                     why = ("the hook holds one program" if a.kind is not HookKind.CGROUP else
                            "the other program is attached without BPF_F_ALLOW_MULTI" if hook.attach_flags != BPF_F_ALLOW_MULTI
@@ -526,11 +589,16 @@ class _Planner:
         if not target_reason and check and recorded != link_target(a, hook):
             target_reason = (f"it was made for {recorded}" if recorded else "its hook is not recorded") + \
                 f", the manifest now says {link_target(a, hook)}"
+        transition = gap if holder else "the new link is attached before the old one is removed (brief overlap)"
+        if not target_reason and a.name in self.reorder:
+            target_reason = f"it is out of its place in the chain on its hook (order: {a.order.describe()})"
+            if a.attach_type.name in ("tcx_ingress", "tcx_egress") and not prog_changed:
+                transition = ("a tcx hook holds a program once: the old link is detached just before the new one "
+                              "is made at its place (gap for this program)")
         if target_reason:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address, target_reason, desired=a,
                                        live_pin=str(a.pin), live_id=link.id, before=before, after=after,
-                                       payload=takeover, transition=gap if holder else
-                                       "the new link is attached before the old one is removed (brief overlap)"))
+                                       payload=takeover, transition=transition))
             return
         if (prog_changed or live_prog is None or link.prog_id != live_prog.id) and not a.attach_type.link_update:
             self.actions.append(Action(Kind.REPLACE, Resource.ATTACHMENT, address,

@@ -109,6 +109,7 @@ class _Run:
         self.loaded_objects: set[str] = set()  # objects whose programs of this plan are loaded
         self.journal = Journal(desired.name, state_dir)
         self.skipped: set[str] = set()  # optional attachments that failed in this run
+        self.link_fds: dict[str, int] = {}  # attachment name -> fd of its link (anchors of ordered links)
         # Test hooks (fail at a step, or pause there so a test can kill the process), read once.
         self.fail_at = os.environ.get("BPFDEPLOY_FAIL_AT")
         self.pause_at = os.environ.get("BPFDEPLOY_PAUSE_AT")
@@ -180,6 +181,10 @@ class _Run:
             self._ensure_dirs()
         self.current = "commit"
         for staged, final in self.renames:
+            if os.path.dirname(final) == str(self.d.pin_root / "links") and os.path.lexists(final):
+                # The old link leaves its hook now, not when the kernel frees it after losing its
+                # pin: a plan made right after sees the chain as it is (an ordered link moved).
+                _detach_now(final)
             os.rename(staged, final)
             self._mut()
         self.renames.clear()
@@ -407,8 +412,11 @@ class _Run:
 
             from bpfdeploy.kernel import netns
 
+            placement = self._placement(att) if att.order is not None else None
             with netns.entered(att.netns):
                 ifindex = socket.if_nametoindex(att.device)
+                if placement is not None:  # tcx, at its place in the chain
+                    return libbpf.link_create_ordered(prog_fd, ifindex, at.value, *placement)
                 flags = libbpf.XDP_FLAGS.get(att.xdp_mode or "", 0)
                 return libbpf.link_create_flags(prog_fd, ifindex, at.value, flags)
         if att.kind is HookKind.TRACE:
@@ -424,7 +432,51 @@ class _Run:
                 return libbpf.link_create(prog_fd, perf_fd, at.value)
             finally:
                 os.close(perf_fd)  # the link holds the perf event
+        if att.order is not None:  # a cgroup link at its place in the chain
+            return libbpf.link_create_ordered(prog_fd, self._target_fd(att), at.value, *self._placement(att))
         return libbpf.link_create(prog_fd, self._target_fd(att), at.value)
+
+    def _tcx_vacate(self, att: DesiredAttachment, prog_fd: int) -> None:
+        """A tcx hook holds a program once (EEXIST): detach our old link of the same program before
+        the new one is made at its place. Undo makes a link of it again, at the end of the chain."""
+        try:
+            old = self._fd(libbpf.obj_get(str(att.pin)))
+        except KernelError:
+            return
+        info = libbpf.link_info(old)
+        if info.prog_id != libbpf.prog_id(prog_fd):
+            return  # another program: both may be on the hook at once
+        libbpf.link_detach(old)
+        self._mut()
+
+        def put_back() -> None:
+            import socket
+
+            from bpfdeploy.kernel import netns
+
+            with netns.entered(att.netns):
+                fd = libbpf.link_create_flags(prog_fd, socket.if_nametoindex(att.device), att.attach_type.value, 0)
+            try:
+                os.unlink(att.pin)
+                libbpf.obj_pin(fd, str(att.pin))
+            finally:
+                os.close(fd)
+        self.undo.push(f"put back the tcx link {att.name}", put_back)
+
+    def _placement(self, att: DesiredAttachment) -> tuple[int, int]:
+        """(flags, relative link fd) that put a new link where att.order says (BPF_F_BEFORE/AFTER)."""
+        from bpfdeploy.manifest.model import OrderKind
+
+        kind = att.order.kind
+        flags = libbpf.BPF_F_BEFORE if kind in (OrderKind.FIRST, OrderKind.BEFORE) else libbpf.BPF_F_AFTER
+        if att.order.anchor is None:
+            return flags, 0  # no anchor: the front or the back of the chain
+        # The anchor's link: made earlier in this apply (the plan puts anchors first), or pinned.
+        fd = self.link_fds.get(att.order.anchor)
+        if fd is None:
+            anchor = next(a for a in self.d.attachments if a.name == att.order.anchor)
+            fd = self.link_fds[anchor.name] = self._fd(libbpf.obj_get(str(anchor.pin)))
+        return flags | libbpf.BPF_F_LINK, fd
 
     def _perf_event(self, att: DesiredAttachment) -> int:
         short = att.attach_type.short[0]
@@ -565,7 +617,10 @@ class _Run:
                 if isinstance(a.payload, XdpTakeover):
                     self._xdp_takeover(att, a.payload.holder_pin)
                 self._journal({"link_target": [att.name, self._link_target(att)]})
+                if a.kind is Kind.REPLACE and att.attach_type.name in ("tcx_ingress", "tcx_egress"):
+                    self._tcx_vacate(att, prog_fd)
                 link_fd = self._fd(self._make_link(att, prog_fd))
+                self.link_fds[att.name] = link_fd
                 self._mut()
                 target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
                 self._own(target, str(att.pin))

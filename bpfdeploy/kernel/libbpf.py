@@ -532,6 +532,33 @@ def link_create_flags(prog_fd: int, target: int, attach_type: int, flags: int) -
     return fd
 
 
+BPF_F_BEFORE, BPF_F_AFTER, BPF_F_LINK = 1 << 3, 1 << 4, 1 << 13  # mprog placement (uapi bpf.h)
+
+
+def link_create_ordered(prog_fd: int, target: int, attach_type: int, flags: int, relative_fd: int = 0) -> int:
+    """BPF_LINK_CREATE placed in the hook's chain (tcx, cgroup): flags BPF_F_BEFORE/BPF_F_AFTER, with
+    BPF_F_LINK and relative_fd the link to stand next to, or no relative (the front or the back).
+
+    libbpf 1.1's bpf_link_create_opts has no tcx/cgroup fields, so the attr is built here:
+    prog_fd, target_fd/ifindex, attach_type, flags, then the union's relative_fd and
+    expected_revision (0: any) at offsets 16 and 24.
+    """
+    import struct
+
+    attr = ctypes.create_string_buffer(struct.pack("=IIIIIIQ", prog_fd, target, attach_type, flags, relative_fd,
+                                                   0, 0).ljust(64, b"\0"))
+    fd = _sys_bpf(28, attr)  # BPF_LINK_CREATE
+    if fd < 0:
+        raise _fail("cannot create link at its place in the chain")
+    return fd
+
+
+def _sys_bpf(cmd: int, attr) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc.syscall(ctypes.c_long(321), ctypes.c_int(cmd), attr, ctypes.c_uint(ctypes.sizeof(attr)))
+
+
 def raw_tracepoint_open(name: str | None, prog_fd: int) -> int:
     """A raw_tp link (name None: the BTF tracepoint the program was loaded for)."""
     fn = lib().lib.bpf_raw_tracepoint_open

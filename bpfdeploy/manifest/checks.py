@@ -31,6 +31,8 @@ from bpfdeploy.manifest.model import (
     MetricLabel,
     MetricSpec,
     ObjectSpec,
+    Order,
+    OrderKind,
     PinAccess,
     ProgramSpec,
 )
@@ -89,6 +91,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
             continue
         seen_names[att.name] = att.where
         attachments.append(att)
+    _check_orders(raw, attachments, problems)
 
     root_access = _access(raw, ("pin_root_access",), data.get("pin_root_access"), problems)
     policy = _artifact_policy(raw, data.get("artifacts"), base, problems)
@@ -513,11 +516,77 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
                           xdp_mode=data.get("xdp_mode"), priority=data.get("priority", 1), handle=data.get("handle", 1),
                           trace_target=data.get("target"), binary=binary, symbol=data.get("symbol"),
                           offset=data.get("offset"), pid=data.get("pid"),
-                          optional=bool(data.get("optional", False)))
+                          optional=bool(data.get("optional", False)),
+                          order=_order(raw, where, data, at, mode, problems))
 
 
 _TARGET_FIELDS = ("cgroup", "map", "netns", "device", "xdp_mode", "priority", "handle", "target", "binary", "symbol",
                   "offset", "pid")
+
+
+def _order(raw: RawManifest, where: tuple, data: dict, at, mode: AttachMode, problems: list) -> Order | None:
+    """`order:` first | last | {before: NAME} | {after: NAME}, where the kernel can order the hook."""
+    if "order" not in data:
+        return None
+    value = data["order"]
+    if isinstance(value, str):
+        order = Order(OrderKind(value))
+    else:
+        (key, anchor), = value.items()
+        order = Order(OrderKind(key), anchor)
+    why = ""
+    if at.name == "xdp":
+        why = ("the kernel cannot order XDP programs: a device runs one XDP program (several need a dispatcher "
+               "program such as libxdp's, which bpfdeploy does not load)")
+    elif at.tc_filter:
+        why = "tc filters run in the order of their priority: set 'priority' instead"
+    elif at.kind is hooks.HookKind.CGROUP and mode is not AttachMode.LINK:
+        why = f"order is for cgroup links (mode: link); a legacy {mode.value} attach cannot be placed"
+    elif at.kind not in (hooks.HookKind.CGROUP,) and at.name not in ("tcx_ingress", "tcx_egress"):
+        why = f"a {at.short[0]} hook has no chain the kernel orders"
+    if why:
+        problems.append(raw.diag(where + ("order",), f"order cannot be kept on attach type {at.short[0]!r}: {why}",
+                                 "order applies to cgroup links and tcx_ingress/tcx_egress"))
+        return None
+    return order
+
+
+def _check_orders(raw: RawManifest, attachments: list, problems: list) -> None:
+    """Anchors name another attachment on the same hook; one first and one last per hook; no cycles."""
+    def hook(a):
+        return (a.attach_type.value, str(a.cgroup.path) if a.cgroup else None, a.device, str(a.netns))
+    by_name = {a.name: a for a in attachments}
+    seen: dict[tuple, dict[str, str]] = {}
+    for a in attachments:
+        if a.order is None:
+            continue
+        where = a.where + ("order",)
+        if a.order.anchor is not None:
+            other = by_name.get(a.order.anchor)
+            if other is None or other is a or hook(other) != hook(a):
+                names = sorted(x.name for x in attachments if x is not a and hook(x) == hook(a))
+                problems.append(raw.diag(where, f"order {a.order.describe()}: no other attachment named "
+                                         f"{a.order.anchor!r} on the same hook",
+                                         f"attachments on this hook: {', '.join(names)}" if names else
+                                         "name an attachment of this manifest on the same hook"))
+                continue
+        if a.order.kind in (OrderKind.FIRST, OrderKind.LAST):
+            taken = seen.setdefault(hook(a), {})
+            if a.order.kind.value in taken:
+                problems.append(raw.diag(where, f"two attachments want to be {a.order.kind.value} on this hook: "
+                                         f"{taken[a.order.kind.value]!r} and {a.name!r}"))
+            taken[a.order.kind.value] = a.name
+    for a in attachments:  # a chain of before/after that comes back to itself cannot be built
+        seen_names, cur = {a.name}, a
+        while cur.order is not None and cur.order.anchor in by_name and cur.order.anchor != cur.name:
+            cur = by_name[cur.order.anchor]
+            if cur.name == a.name:
+                problems.append(raw.diag(a.where + ("order",), f"order of {a.name!r} is circular: "
+                                         "it comes back to itself through its anchors"))
+                break
+            if cur.name in seen_names:
+                break  # a loop further on: reported at its own members
+            seen_names.add(cur.name)
 
 
 def _needed_fields(at) -> tuple[set[str], set[str]]:

@@ -26,6 +26,24 @@ class AttachMode(enum.Enum):
         return self is not AttachMode.LINK
 
 
+class OrderKind(enum.Enum):
+    """Where an attachment goes in the chain of programs on its hook (kernel mprog: tcx, cgroup links)."""
+
+    FIRST = "first"  # BPF_F_BEFORE with no anchor: in front of every program on the hook
+    LAST = "last"  # BPF_F_AFTER with no anchor: behind every program
+    BEFORE = "before"  # BPF_F_BEFORE | BPF_F_LINK: right in front of another attachment's link
+    AFTER = "after"  # BPF_F_AFTER | BPF_F_LINK: right behind it
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    kind: OrderKind
+    anchor: str | None = None  # the other attachment's name (before/after)
+
+    def describe(self) -> str:
+        return self.kind.value + (f" {self.anchor}" if self.anchor else "")
+
+
 class EntriesPolicy(enum.Enum):
     ENFORCE = "enforce"  # every apply writes the listed keys
     SEED = "seed"  # written once, when the map is created
@@ -144,6 +162,7 @@ class AttachmentSpec:
     offset: int | None = None
     pid: int | None = None
     optional: bool = False  # its failure is a warning and the rest is applied (exit PARTIAL)
+    order: Order | None = None  # its place in the chain on its hook (None: the kernel appends it)
 
     @property
     def kind(self) -> HookKind:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bpfdeploy import hooks
 from bpfdeploy.hooks import AttachType, HookKind
-from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, PinAccess
+from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Order, PinAccess
 
 # Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.
 # (Per-CPU maps need a value per CPU; fd, socket, ring, queue and storage maps hold no plain values.)
@@ -93,6 +93,7 @@ class DesiredAttachment:
     pid: int | None = None
     # optional: a failure to attach it is a warning (apply exits PARTIAL) instead of a rollback
     optional: bool = False
+    order: Order | None = None  # its place in the chain of programs on the hook (None: appended)
 
     @property
     def kind(self) -> HookKind:

@@ -108,6 +108,10 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
             out.print(f"{pad}[dim]{escape(before)}[/]")
         if a.transition:
             out.print(f"{pad}[dim]{escape(a.transition)}[/]")
+    for chain in p.chains:
+        moved = any(e.moved for e in chain.entries)
+        out.print(f"  [bold]chain[/] on {escape(chain.hook)}: {escape(chain.describe())}"
+                  + ("  [dim](* placed by this plan)[/]" if moved else ""))
     for c in p.conflicts:
         out.print(f"[yellow]conflict[/]: {escape(c)}")
     diagnostics(p.diagnostics, out)

@@ -17,10 +17,10 @@ spec.loader.exec_module(import_graph)
 # Modules that must not reach the kernel at all, not even lazily: planning is pure, the model is data,
 # the manifest is text, rendering only formats what it is given.
 PURE = ("bpfdeploy.plan", "bpfdeploy.model", "bpfdeploy.manifest", "bpfdeploy.render", "bpfdeploy.diagnostics",
-        "bpfdeploy.hooks")
+        "bpfdeploy.hooks", "bpfdeploy.order")
 
 # libbpf calls that change the kernel (kernel/libbpf.py defines them; kernel/apply.py alone calls them).
-MUTATING_LIBBPF = {"load_object", "obj_pin", "link_create", "link_create_flags", "link_update", "link_detach",
+MUTATING_LIBBPF = {"load_object", "obj_pin", "link_create", "link_create_flags", "link_create_ordered", "link_update", "link_detach",
                    "prog_attach", "prog_detach", "map_update", "map_delete", "raw_tracepoint_open",
                    "perf_event_open"}
 # Words that make a bpftool, tc or ip command line a change rather than a read.
