@@ -88,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     from_artifacts(p)
     p = sub.add_parser("dump", help="a deployment map's entries, formatted through BTF")
     p.add_argument("deployment", help="deployment name or manifest file")
-    p.add_argument("map", help="map name")
+    p.add_argument("map", help="map name, or .bss, .data or .rodata for its programs' globals "
+                               "(PROGRAM:.bss when they come from several objects)")
+    p.add_argument("--key-decode", action="append", default=[], metavar="[FIELD=]KIND",
+                   help="show the key (or a field of a key struct) as ipv4, ipv6, port, string, hex or integer; "
+                        "repeatable (default: as the manifest's metrics labels decode it)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--wide", action="store_true", help="keep every table cell on one line, however wide")
     p.add_argument("--state-dir", type=Path, help="where deployment records live")
@@ -432,11 +436,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    from bpfdeploy.status import dump_map
+    from bpfdeploy.dump import dump_map, parse_key_decoder
     from bpfdeploy.workflow import require_root
 
     require_root()
-    entries = dump_map(args.deployment, args.map)
+    entries = dump_map(args.deployment, args.map, tuple(parse_key_decoder(t) for t in args.key_decode))
     if args.json:
         from bpfdeploy.render.replies import emit
 

@@ -7,13 +7,12 @@ struct fields and char arrays by name; the exposition is made by the Prometheus 
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bpfdeploy.decode import decode_label, field, number, raw_bytes  # noqa: F401 (decode_label: re-exported)
 from bpfdeploy.diagnostics import BpfdeployError
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import MetricLabel, MetricSpec
@@ -26,54 +25,8 @@ def read_map(pin: Path) -> list[dict]:
     return json.loads(result.stdout or "[]")
 
 
-def _raw_bytes(values) -> bytes:
-    return bytes(int(x, 16) for x in values) if isinstance(values, list) else b""
-
-
-def _field(value, name: str | None):
-    if name is None:
-        return value
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(part)
-        value = value[part]
-    return value
-
-
-def _number(value) -> float:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, list):  # per-CPU values: summed
-        return sum(_number(v.get("value", v) if isinstance(v, dict) else v) for v in value)
-    if isinstance(value, str):
-        return float(int(value, 0))
-    raise ValueError(f"not a number: {value!r}")
-
-
-def decode_label(label: MetricLabel, value, raw: bytes) -> str:
-    """One label value from a key (or a key field), as the manifest says to decode it."""
-    kind = label.decode
-    if kind == "string":
-        if isinstance(value, str):
-            return value
-        data = raw if not isinstance(value, list) else bytes(int(x, 0) if isinstance(x, str) else x for x in value)
-        return data.split(b"\0", 1)[0].decode(errors="replace")
-    number = int(_number(value)) if not isinstance(value, str) or value.lstrip("-").isdigit() or value.startswith("0x") \
-        else None
-    if kind == "ipv4" and number is not None:
-        return str(ipaddress.IPv4Address(socket.ntohl(number & 0xFFFFFFFF)))
-    if kind == "ipv6":
-        data = raw if not isinstance(value, list) else bytes(int(x, 0) if isinstance(x, str) else x for x in value)
-        return str(ipaddress.IPv6Address(data[:16]))
-    if kind == "port" and number is not None:
-        return str(socket.ntohs(number & 0xFFFF))
-    if kind == "hex" and number is not None:
-        return hex(number)
-    if kind == "enum" and number is not None:
-        return dict(label.enum).get(str(number), str(number))
-    return str(number if number is not None else value)
+# The decoders are shared with `dump` (decode.py); the old names stay for callers of this module.
+_raw_bytes, _field, _number = raw_bytes, field, number
 
 
 @dataclass(frozen=True, slots=True)

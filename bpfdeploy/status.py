@@ -224,18 +224,3 @@ def pin_root_of(deployment: str) -> Path:
         return Path(json.loads(record.read_text())["pin_root"])
     except (OSError, ValueError, KeyError):
         return Path(DEFAULT_PIN_BASE) / deployment
-
-
-def dump_map(deployment: str, map_name: str) -> list[dict]:
-    """A deployment map's entries, formatted through BTF by bpftool where it can."""
-    pin = pin_root_of(deployment) / "maps" / map_name
-    if not pin.exists():
-        root = pin.parent
-        names = sorted(os.listdir(root)) if root.is_dir() else []
-        raise BpfdeployError(f"deployment {deployment!r} has no map {map_name!r} (looked for {pin})"
-                             + (f"; its maps: {', '.join(names)}" if names else ""))
-    result = runner.run(["bpftool", "-j", "map", "dump", "pinned", str(pin)])
-    if result.returncode != 0:
-        raise BpfdeployError(f"cannot dump {pin}: {result.error_text()}")
-    entries = json.loads(result.stdout or "[]")
-    return [e.get("formatted", {"key": e.get("key"), "value": e.get("value", e.get("values"))}) for e in entries]

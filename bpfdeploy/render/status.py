@@ -96,9 +96,14 @@ def status_table(s):
 
 
 def dump(entries: list[dict], title: str) -> None:
-    table = _table(title, "key", "value")
+    per_cpu = any("per_cpu" in e for e in entries)
+    columns = ("key", "value (sum of CPUs)", "per CPU") if per_cpu else ("key", "value")
+    table = _table(title, *columns)
     for e in entries:
-        table.add_row(escape(_compact(e.get("key"))), escape(_compact(e.get("value"))))
+        row = [escape(_compact(e.get("key"))), escape(_compact(e.get("value")))]
+        if per_cpu:
+            row.append(escape(" ".join(f"{cpu}:{_compact(v)}" for cpu, v in enumerate(e.get("per_cpu") or ()))))
+        table.add_row(*row)
     out.print(table)
     out.print(f"{len(entries)} entries")
 

@@ -253,3 +253,56 @@ def test_plan_verify_on_a_deployed_upgrade_leaves_pins_links_and_map_contents_al
     sandbox.cli("apply", manifest)
     done = sandbox.cli_json("plan", manifest, "--verify")
     assert done["verification"] == {"accepted": True, "programs": []}  # nothing new or changed: nothing loaded
+
+
+# ---------------------------------------------------------------- dump
+
+
+def test_dump_shows_per_cpu_values_decoded_keys_and_globals(sandbox):
+    cgroup = sandbox.cgroup("dump")
+    manifest, root = _manifest(sandbox, f"""          boot:
+            source: {_source('bootstrap_counters.bpf.c')}
+            globals: {{count_every: 7}}""", f"""
+        attachments:
+          - program: count_sources
+            type: ingress
+            cgroup: {cgroup}
+        metrics:
+          - name: packets_by_source_total
+            help: Packets by source address.
+            map: by_source
+            labels: [{{name: source, decode: ipv4}}]""")
+    sandbox.cli("apply", manifest)
+    from tests.kernel.traffic import ECHO
+
+    sandbox.run_in(ECHO.format(n=3), cgroup=cgroup, netns=sandbox.netns())
+
+    def dump(*args):
+        reply = sandbox.cli_json("dump", *map(str, args))
+        return reply["entries"]
+
+    pcpu = dump(manifest, "pcpu_hits")
+    import os
+
+    assert all(len(e["per_cpu"]) == os.cpu_count() for e in pcpu)
+    assert all(e["value"] == sum(e["per_cpu"]) for e in pcpu)
+    hits = {e["key"]: e["value"] for e in pcpu}[0]
+    assert hits > 0
+    human = sandbox.cli("dump", manifest, "pcpu_hits").stdout
+    assert "per CPU" in human and "sum of CPUs" in human and "null" not in human
+
+    by_source = dump(manifest, "by_source")  # the manifest's metrics label decodes the key
+    assert [e["key"] for e in by_source] == ["127.0.0.1"] and by_source[0]["key_raw"] == 0x0100007F
+    name = f"{sandbox.id}-fo"
+    assert dump(name, "by_source", "--key-decode", "hex")[0]["key"] == "0x100007f"  # by name, decoded as asked
+
+    bss = {e["key"]: e["value"] for e in dump(manifest, ".bss")}
+    assert bss == {"packets_seen": hits}  # the same program counts both, once per packet
+    data = {e["key"]: e["value"] for e in dump(name, ".data")}
+    assert data["bytes_seen_plus_one"] > 1
+    assert {e["key"]: e["value"] for e in dump(manifest, "count_sources:.rodata")} == {"count_every": 7}
+
+    proc = sandbox.cli("dump", manifest, "nosuch:.bss", check=False)
+    assert proc.returncode == 1 and "has no program 'nosuch'" in proc.stderr
+    proc = sandbox.cli("dump", manifest, "pcpu_hits", "--key-decode", "ip4", check=False)
+    assert proc.returncode == 1 and "KIND one of" in proc.stderr
