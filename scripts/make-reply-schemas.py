@@ -49,6 +49,16 @@ s("plan", "bpfdeploy plan --json (also the 'plan' of apply and destroy replies)"
     "changes": {"type": "boolean"},
     "actions": {"type": "array", "items": {"$ref": "#/$defs/action"}},
     "conflicts": STR_LIST, "diagnostics": DIAGS,
+    "skipped": {"description": "Optional attachments the plan leaves out because their hook cannot be used",
+                "type": "array", "items": {"$ref": "#/$defs/skipped"}},
+    "chains": {"description": "The chain of programs on each shared hook (cgroup links, tcx) after apply, first to last",
+               "type": "array", "items": {
+                   "type": "object", "required": ["hook", "programs", "notes"], "additionalProperties": False,
+                   "properties": {"hook": {"type": "string"}, "notes": STR_LIST, "programs": {"type": "array", "items": {
+                       "type": "object", "required": ["name", "prog_id", "ours", "placed_by_this_plan"],
+                       "additionalProperties": False,
+                       "properties": {"name": {"type": "string"}, "prog_id": nullable("integer"),
+                                      "ours": {"type": "boolean"}, "placed_by_this_plan": {"type": "boolean"}}}}}}},
     "artifacts": {"description": "Where the objects came from when deployed with --artifacts (null: built here)",
                   "type": ["object", "null"],
                   "required": ["directory", "signature", "principal", "allowed_signers", "built_by", "objects"],
@@ -62,7 +72,9 @@ s("plan", "bpfdeploy plan --json (also the 'plan' of apply and destroy replies)"
                           "properties": {"object": {"type": "string"}, "sha256": SHA256,
                                          "build_digest": SHA256}}}}}},
     ["deployment", "pin_root", "summary", "changes", "actions", "conflicts", "diagnostics"]),
-  {"action": {"type": "object", "required": ["action", "resource", "address", "reason", "before", "after",
+  {"skipped": {"type": "object", "required": ["attachment", "reason"], "additionalProperties": False,
+               "properties": {"attachment": {"type": "string"}, "reason": {"type": "string"}}},
+   "action": {"type": "object", "required": ["action", "resource", "address", "reason", "before", "after",
                                              "before_text", "after_text"],
               "additionalProperties": False,
               "properties": {
@@ -98,7 +110,22 @@ plan_inner = {"allOf": [{"$ref": "plan.schema.json"}]}
 s("apply", "bpfdeploy apply --json and bpfdeploy destroy --json", reply({
     "plan": {"$ref": "plan.schema.json"}, "applied": {"type": "boolean"},
     "done": STR_LIST, "warnings": STR_LIST, "mutations": {"type": "integer", "minimum": 0},
-    "commands": {"type": "array", "items": STR_LIST}}, ["plan", "applied"]))
+    "commands": {"type": "array", "items": STR_LIST},
+    "partial": {"description": "Applied, but an optional attachment is missing (exit 5)", "type": "boolean"},
+    "skipped": {"description": "Optional attachments not made (left out by the plan or refused by the kernel)",
+                "type": "array", "items": {"$ref": "plan.schema.json#/$defs/skipped"}}}, ["plan", "applied"]))
+
+s("apply-all", "bpfdeploy apply --all DIR --json", reply({
+    "directory": {"type": "string"}, "exit_code": {"type": "integer"},
+    "failed": {"description": "Manifests that failed (exit code other than 0 and 5)", **STR_LIST},
+    "deployments": {"type": "array", "items": {
+        "description": "One manifest, in name order: the reply of apply FILE (plan, applied, ...) or its error",
+        "type": "object", "required": ["manifest", "exit_code", "status"],
+        "properties": {"manifest": {"type": "string"}, "exit_code": {"type": "integer"},
+                       "status": {"enum": ["changed", "in sync", "partial", "failed", "locked", "crashed"]},
+                       "deployment": {"type": "string"}, "plan": {"$ref": "plan.schema.json"},
+                       "error": {"type": "string"}, "diagnostics": DIAGS},
+        "additionalProperties": True}}}, ["directory", "exit_code", "failed", "deployments"]))
 
 STATE_ENUM = {"enum": ["in sync", "missing", "drifted", "unknown"]}
 s("status", "bpfdeploy status FILE --json", reply({

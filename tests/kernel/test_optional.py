@@ -15,6 +15,7 @@ from pathlib import Path
 from tests.kernel.conftest import REPO, map_values, prog_ids_under
 from tests.kernel.test_lifecycle import COUNTER_SRC
 from tests.kernel.traffic import ECHO
+from tests.reply_schemas import check_reply
 
 PARTIAL = 5
 
@@ -70,6 +71,7 @@ def test_optional_attachment_refused_by_the_kernel_is_a_warning_and_exit_partial
     proc = sandbox.cli("apply", manifest, "--json", check=False)
     assert proc.returncode == PARTIAL, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
+    check_reply("apply", out)
     assert out["partial"] is True
     assert [s["attachment"] for s in out["skipped"]] == ["xdp-on-o0"], out
     assert "Invalid argument" in out["skipped"][0]["reason"], out
@@ -96,6 +98,7 @@ def test_optional_attachment_on_a_missing_device_is_skipped_by_the_plan(sandbox)
     manifest = _manifest(sandbox, cgroup, ns, optional=True, device="nosuch0", xdp_mode="generic")
     root = sandbox.pin_roots[-1]
     planned = sandbox.cli_json("plan", manifest)
+    check_reply("plan", planned)
     assert planned["skipped"] == [{"attachment": "xdp-on-o0", "reason": planned["skipped"][0]["reason"]}]
     assert "nosuch0" in planned["skipped"][0]["reason"]
     assert not [a for a in planned["actions"] if a["address"] == "attach/xdp-on-o0"]

@@ -18,6 +18,7 @@ import yaml
 from tests.kernel.conftest import map_values, prog_ids_under
 from tests.kernel.test_lifecycle import _attach_foreign
 from tests.kernel.traffic import ECHO
+from tests.reply_schemas import check_reply
 
 LOGGERS = """
 #include <linux/bpf.h>
@@ -113,6 +114,7 @@ def test_order_places_cgroup_and_tcx_links_and_reapply_leaves_the_chain_alone(sa
                                                    "tb": "first"})
         root = sandbox.pin_roots[-1]
         planned = sandbox.cli_json("plan", manifest)
+        check_reply("plan", planned)
         chains = {c["hook"].split(" ")[0]: [p["name"] for p in c["programs"]] for c in planned["chains"]}
         foreign_label = next(n for n in chains["ingress"] if "not ours" in n)
         assert chains["ingress"] == ["b", "c", foreign_label, "a"], chains

@@ -154,6 +154,9 @@ def test_drift_in_owner_group_or_mode_is_planned_and_fixed(sandbox):
     assert _read_as(pin, NOGROUP, [])["open_ro"] == "Permission denied"
 
     planned = sandbox.cli_json("plan", manifest)
+    from tests.reply_schemas import check_reply
+
+    check_reply("plan", planned)
     changes = {a["address"]: a for a in planned["actions"] if a["action"] != "no-op"}
     assert set(changes) == {"access/map/counts", "access/prog/count_packets", "access/pin_root"}, changes
     assert changes["access/map/counts"]["before_text"] == f"owner 0 group {NOGROUP} mode 0600"

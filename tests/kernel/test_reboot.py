@@ -25,6 +25,7 @@ from tests.kernel.conftest import REPO, map_values, prog_ids_under
 from tests.kernel.test_lifecycle import COUNTER_SRC
 from tests.kernel.test_net_trace import _pair, _udp
 from tests.kernel.traffic import ECHO
+from tests.reply_schemas import check_reply
 from tests.unit.test_packaging import CONF, UNIT, unit_directives
 
 
@@ -126,6 +127,9 @@ def test_the_boot_unit_command_puts_every_deployment_back_after_a_reboot(sandbox
     first = subprocess.run(command + ["--json"], env=sandbox.env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     reply = json.loads(first.stdout)
+    check_reply("apply-all", reply)
+    for deployment in reply["deployments"]:  # each entry is the body of an apply FILE reply
+        check_reply("apply", {"format_version": reply["format_version"], **deployment})
     assert [Path(x["manifest"]).name for x in reply["deployments"]] == [
         "10-counter-link.yaml", "20-counter-multi.yaml", "30-xdp.yaml", "40-tc.yaml"]
     assert all(x["status"] == "changed" for x in reply["deployments"]) and reply["failed"] == []
@@ -181,6 +185,7 @@ def test_apply_all_reports_each_manifest_and_one_failure_does_not_stop_the_other
     proc = sandbox.cli("apply", "--all", directory, "--json", check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     reply = json.loads(proc.stdout)
+    check_reply("apply-all", reply)
     assert reply["failed"] == [str(bad)] and reply["exit_code"] == 1
     by_name = {Path(x["manifest"]).name: x for x in reply["deployments"]}
     assert by_name["10-bad.yaml"]["status"] == "failed" and by_name["10-bad.yaml"]["exit_code"] == 1
