@@ -1,5 +1,5 @@
 # Everything also works without make: see scripts/bootstrap.sh.
-.PHONY: setup demo test unit kernel fleet fleet-up fleet-down record-fixtures reliability bench bench-fleet
+.PHONY: setup demo test unit kernel fleet fleet-install fleet-up fleet-down record-fixtures reliability bench bench-fleet
 
 setup:
 	bash scripts/bootstrap.sh setup
@@ -19,6 +19,9 @@ kernel:
 # The Ansible collection over SSH against simulated hosts (root; see tests/fleet/README.md).
 fleet:
 	.venv/bin/python -m pytest -q tests/fleet
+
+fleet-install:
+	BPFDEPLOY_FLEET_INSTALL=1 .venv/bin/python -m pytest -q tests/fleet/test_role.py
 
 fleet-up:
 	bash scripts/fleet.sh up $(or $(N),3) $(or $(PREFIX),bpfleet)

@@ -5,9 +5,20 @@ Kept apart from load.py so that code which only reports places does not import t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
+
+def _schema_path() -> Path:
+    # A source tree (editable install) has schemas/ beside the package; a wheel installs the
+    # schema as data under <prefix>/share/bpfdeploy/schemas (pyproject.toml, data-files).
+    in_tree = Path(__file__).resolve().parents[2] / "schemas" / "manifest.schema.json"
+    if in_tree.is_file():
+        return in_tree
+    return Path(sys.prefix) / "share" / "bpfdeploy" / "schemas" / "manifest.schema.json"
+
+
+SCHEMA_PATH = _schema_path()
 
 
 def line_of(lines: dict, path: tuple) -> int | None:

@@ -81,7 +81,7 @@ class Fleet:
                               capture_output=True, text=True, timeout=timeout)
 
     def playbook(self, name: str, *args: str, extra: dict | None = None, inventory: list[Path] = (),
-                 pipelining: bool = True) -> Run:
+                 pipelining: bool = True, limit: str | None = None) -> Run:
         """Run a playbook from the controller namespace. Pipelining (one ssh command per task, the
         module sent on stdin) is on except where a test exercises module transfer over SFTP."""
         argv = ["ansible-playbook", "-i", str(self.dir / "inventory.ini")]
@@ -89,6 +89,8 @@ class Fleet:
             argv += ["-i", str(inv)]
         if extra:
             argv += ["-e", json.dumps(extra)]
+        if limit:
+            argv += ["--limit", limit]
         env = dict(self.env, ANSIBLE_PIPELINING=str(pipelining))
         proc = self.ctl(argv + [str(PLAYBOOKS / name), *args], env=env)
         return Run(proc.returncode, proc.stdout, proc.stderr, _results(proc.stdout))

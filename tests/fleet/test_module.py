@@ -151,8 +151,9 @@ def test_errors_are_reported_with_file_line_and_path_and_a_failed_apply_is_rolle
     out = run_module(modules["deployment"], monkeypatch, bundle_args(bad, state_dir=str(tmp_path / "s")))
     assert out["failed"] and "exception" not in out
     diag = next(d for d in out["diagnostics"] if d["path"] == "attachments[0].type")
-    assert diag["line"] == 8 and diag["file"].endswith("bad.yaml") and "egres" in diag["message"]
-    assert "attachments[0].type" in out["msg"]
+    assert diag["line"] == 8 and "egres" in diag["message"]
+    assert diag["file"] == str(bad)  # the file as the operator knows it, not the release copy on the host
+    assert "attachments[0].type" in out["msg"] and f"{bad}:8" in out["msg"] and "releases/" not in out["msg"]
 
     v1 = manifest(sandbox, 1)
     monkeypatch.setenv("BPFDEPLOY_FAIL_AT", "attach/" + "fleet_egress-egress-" + f"{sandbox.id}-app")
@@ -217,7 +218,8 @@ def test_probe_gates_a_manifest_the_host_cannot_run(sandbox, modules, monkeypatc
     too_new = manifest(sandbox, 3, extra='requires: {kernel: "99.0"}')
     refused = run_module(modules["probe"], monkeypatch, {"check": "manifest", **bundle_args(too_new)})
     assert refused["failed"] and refused["fits"] is False
-    assert any(d["path"] == "requires.kernel" for d in refused["diagnostics"]) and "99.0" in refused["msg"]
+    assert any(d["path"] == "requires.kernel" and d["file"] == str(too_new) for d in refused["diagnostics"])
+    assert "99.0" in refused["msg"] and "bpfdeploy-release-" not in refused["msg"]
 
 
 def test_ansible_doc_renders_both_modules_and_the_collection_builds(fleet_ready, tmp_path):

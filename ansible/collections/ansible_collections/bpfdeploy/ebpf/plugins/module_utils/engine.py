@@ -18,6 +18,18 @@ import socket
 import sys
 
 
+def relabel(fields, release_dir, manifest_rel, manifest):
+    """Name the manifest's files as the operator knows them (the controller path), not as the
+    release copy on the host: /var/lib/bpfdeploy/ansible/releases/<digest>/files/x.yaml -> x.yaml."""
+    import json
+
+    if not (release_dir and manifest and manifest.endswith(manifest_rel)):
+        return fields
+    root = manifest[:len(manifest) - len(manifest_rel)].rstrip("/")
+    text = json.dumps(fields).replace(json.dumps(os.path.join(release_dir, "files"))[1:-1], root)
+    return json.loads(text)
+
+
 class MissingLibrary(Exception):
     pass
 

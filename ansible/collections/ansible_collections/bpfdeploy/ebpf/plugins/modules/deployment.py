@@ -244,8 +244,11 @@ class Run:
         self.module = module
         self.p = module.params
         self.store = None
+        self.release = None  # the release this run uses, for naming its files in messages
 
     def fail(self, **fields):
+        if self.release is not None and not self.p["remote_src"]:
+            fields = engine.relabel(fields, self.release.directory, self.release.manifest_rel, self.p["manifest"])
         self.module.fail_json(changed=False, **fields)
 
     # -- which release
@@ -338,6 +341,8 @@ class Run:
 
     def _present(self, rel):
         p, check = self.p, self.module.check_mode
+        if not p["rollback"]:
+            self.release = rel
         signers = self._signers(rel)
         planned = engine.plan(rel.manifest, artifacts=rel.artifacts, allowed_signers=signers)
         name = planned.prepared.desired.name

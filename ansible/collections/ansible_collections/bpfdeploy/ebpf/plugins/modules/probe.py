@@ -175,6 +175,10 @@ def main():
         with open(p["allowed_signers"], "rb") as fh:
             files[SIGNERS] = fh.read()
     rel = release_utils.temporary(manifest_rel, files, artifacts, bundle_utils.digest(files, artifacts))
+
+    def relabel(fields):
+        return fields if p["remote_src"] else engine.relabel(fields, rel.directory, manifest_rel, p["manifest"])
+
     if SIGNERS in files:
         signers = os.path.join(rel.directory, "files", SIGNERS)
     try:
@@ -184,14 +188,15 @@ def main():
         except BpfdeployError as exc:  # it cannot even be built or resolved here (no clang, bad object)
             fields = engine.error_result(exc)
             fields["msg"] = "host cannot run %s: %s" % (p["manifest"], fields["msg"])
-            module.fail_json(fits=False, ansible_facts=facts, **fields)
+            module.fail_json(fits=False, ansible_facts=facts, **relabel(fields))
         errors = [d for d in diags if d.severity == "error"]
         out = dict(changed=False, ansible_facts=facts, fits=not errors, deployment=prepared.desired.name,
                    diagnostics=[d.to_json() for d in diags])
         if errors:
-            module.fail_json(msg="host cannot run %s: %s" % (
-                p["manifest"], "; ".join(d.format().replace("\n", " ") for d in errors)), **out)
-        module.exit_json(**out)
+            out["msg"] = "host cannot run %s: %s" % (
+                p["manifest"], "; ".join(d.format().replace("\n", " ") for d in errors))
+            module.fail_json(**relabel(out))
+        module.exit_json(**relabel(out))
     finally:
         import shutil
 
