@@ -167,6 +167,7 @@ class _Run:
         for a in self.plan.actions:
             if isinstance(a.payload, Cleanup):
                 self._step(a)
+                confined(self.d.pin_root, a.live_pin)
                 os.unlink(a.live_pin)  # garbage of a killed apply: nothing to undo
                 self._mut()
                 self._done(a)
@@ -686,6 +687,9 @@ class _Run:
                         else:
                             raise
                 else:
+                    # The plan saw real directories; check again right before the removal, so that a
+                    # symlink put there since cannot send it (or the detach) outside the pin root.
+                    confined(self.d.pin_root, a.live_pin)
                     if a.resource is Resource.ATTACHMENT:
                         _detach_now(a.live_pin)
                     try:
@@ -812,6 +816,30 @@ class _Run:
                         link_targets=targets, created_qdiscs=tuple(sorted(self.created_qdiscs)), pins=pins,
                         created_dirs=tuple(sorted(self.created_dirs)))
         write_record(record, self.state_dir)
+
+
+def confined(root: Path, pin: str) -> None:
+    """Raise KernelError unless pin is a file reached from root through real directories only.
+
+    Checked with lstat just before a pin is removed or its link detached: BPF_OBJ_GET and unlink
+    follow symlinks in the directories on the way.
+    """
+    import stat
+
+    path = Path(pin)
+    if root not in path.parents:
+        raise KernelError(f"{pin} is outside the pin root {root}: not removed")
+    current = root
+    for part in (root, *path.relative_to(root).parts[:-1]):
+        current = root if part is root else current / part
+        if not _real_dir(current):  # a symlink raises; a missing directory means the pin is gone too
+            return
+    try:
+        st = os.lstat(pin)
+    except FileNotFoundError:
+        return  # already gone: nothing to remove
+    if stat.S_ISLNK(st.st_mode):
+        raise KernelError(f"{pin} is a symlink: bpfdeploy removes only its own pins, never what a link points to")
 
 
 def _rmdir_if_there(path: Path) -> None:

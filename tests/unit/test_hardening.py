@@ -314,3 +314,30 @@ def test_apply_of_an_endless_or_huge_file_is_not_read_whole(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------- item 1, at removal time
+
+
+def test_a_pin_is_removed_only_through_real_directories_of_the_pin_root(tmp_path):
+    """The plan checks the pin root; apply checks again with lstat right before each removal,
+    since BPF_OBJ_GET (the detach) and unlink follow a symlink put in the way since."""
+    from bpfdeploy.diagnostics import KernelError
+    from bpfdeploy.kernel.apply import confined
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "maps").mkdir(parents=True)
+    outside.mkdir()
+    (root / "maps" / "ours").write_text("")
+    (outside / "theirs").write_text("")
+    confined(root, str(root / "maps" / "ours"))
+    confined(root, str(root / "maps" / "gone"))  # already gone: nothing to do, no error
+    (root / "maps" / "alias").symlink_to(outside / "theirs")
+    with pytest.raises(KernelError, match="is a symlink"):
+        confined(root, str(root / "maps" / "alias"))
+    (root / "links").symlink_to(outside)
+    with pytest.raises(KernelError, match="symlink"):
+        confined(root, str(root / "links" / "theirs"))
+    with pytest.raises(KernelError, match="outside the pin root"):
+        confined(root, str(outside / "theirs"))
+    assert (outside / "theirs").exists()
