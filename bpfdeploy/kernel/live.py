@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 from bpfdeploy.diagnostics import HostError
@@ -219,9 +220,13 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         procs = [runner.start(a) for a in argvs]
         results = [runner.finish(a, p) for a, p in zip(argvs, procs)]
         for i, r in enumerate(results):
-            if r.returncode != 0:
-                # bpftool fails when an object it listed is freed before it reads it (another
-                # process at work, EAGAIN/ENOENT): read again before giving up.
+            for attempt in range(4):
+                if r.returncode == 0:
+                    break
+                # bpftool fails when an object it listed is freed before it reads it (ENOENT), or
+                # is still being made by another process (a link whose id is reserved: EAGAIN).
+                # Busy hosts see it several times in a row: read again, a little later each time.
+                time.sleep(0.01 * attempt)
                 results[i] = r = runner.run(list(r.argv))
             if r.returncode != 0:
                 raise HostError(f"{' '.join(r.argv)} failed: {r.error_text()}")
