@@ -200,7 +200,8 @@ def test_a_host_without_the_library_gets_a_clear_error_naming_it(fleet_ready, tm
     env = {"ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(tmp_path), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "PATH": f"{REPO / '.venv/bin'}:/usr/bin:/bin"}
     out = subprocess.run([str(REPO / ".venv/bin/ansible"), "localhost", "-c", "local", "-i", "localhost,",
-                          "-e", f"ansible_python_interpreter={python}", "-m", "bpfdeploy.ebpf.probe"],
+                          "-e", f"ansible_python_interpreter={python}", "-e", f"ansible_remote_tmp={tmp_path / 'remote'}",
+                          "-m", "bpfdeploy.ebpf.probe"],
                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
     import socket

@@ -23,6 +23,9 @@ def test_role_install_puts_a_working_bpfdeploy_on_a_host(fleet, tmp_path):
     run = fleet.playbook("../../tests/fleet/data/install.yml",
                          extra={"fleet_venv": str(venv), "bpfdeploy_manage_packages": False,
                                 "bpfdeploy_source": str(REPO), "bpfdeploy_wheel_dir": str(tmp_path / "wheels"),
+                                # the tasks delegated to the controller need a temporary directory
+                                # of their own too (the default is ~/.ansible/tmp)
+                                "ansible_remote_tmp": str(fleet.dir / "remote-tmp"),
                                 "rollout_hosts": host}, inventory=[], pipelining=True, limit=host)
     assert run.rc == 0, summary_of(run)
     assert (venv / "share/bpfdeploy/schemas/manifest.schema.json").is_file()
