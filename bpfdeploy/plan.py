@@ -615,7 +615,12 @@ class _Planner:
                                        transition="atomic link update: no gap, no overlap"))
             return
         if live_prog is None or link.prog_id != live_prog.id:
+            # Another program of this deployment there: the manifest switched programs (a change, not drift).
+            held = next((Path(pin).name for pin, p in self.live.programs.items()
+                         if p.id == link.prog_id and Path(pin).parent == Path(self.d.pin_root) / "progs"), None)
             self.actions.append(Action(Kind.UPDATE, Resource.ATTACHMENT, address,
+                                       f"the manifest now attaches program {a.program!r} here (instead of {held!r})"
+                                       if held else
                                        f"the link holds program id {link.prog_id}, not the pinned {a.program!r}",
                                        desired=a, live_pin=str(a.pin), live_id=link.id, before=before, after=after,
                                        transition="atomic link update: no gap, no overlap"))

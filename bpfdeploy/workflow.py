@@ -19,6 +19,7 @@ from bpfdeploy.desired import DesiredState, obj_origin, object_info, resolve
 from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError, ManifestError
 from bpfdeploy.manifest import load_manifest
 from bpfdeploy.manifest.model import Manifest
+from bpfdeploy.manifest.paths import parse_path
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op plan's cost
     from bpfdeploy.artifacts import ArtifactSet, BuildOutput, Provenance
@@ -206,7 +207,7 @@ def gate(prepared: Prepared, manifest: Path, refresh: bool = False, probe_cache:
     diags = check_requirements(features, program_types=programs, map_types=maps, attach_types=attaches,
                                requires=requires, file=str(manifest))
     lines = prepared.manifest
-    diags = [dataclasses.replace(d, line=lines.line_of(tuple(d.path.split(".")))) if d.path else d for d in diags]
+    diags = [dataclasses.replace(d, line=lines.line_of(parse_path(d.path))) if d.path else d for d in diags]
     return features, diags
 
 
@@ -235,6 +236,13 @@ def plan_prepared(prepared: Prepared, manifest: Path, destroy: bool = False) -> 
         warnings = tuple(diags)  # what the probe cannot tell: shown, not blocking
     live = read_live_state(prepared.desired)
     result = plan(prepared.desired, live, str(manifest), destroy=destroy)
+    if any(d.path and d.line is None for d in result.diagnostics):  # the planner is pure: lines come from here
+        import dataclasses
+
+        lines = prepared.manifest
+        result = dataclasses.replace(result, diagnostics=tuple(
+            dataclasses.replace(d, line=lines.line_of(parse_path(d.path))) if d.path and d.line is None else d
+            for d in result.diagnostics))
     if warnings or prepared.provenance is not None:
         import dataclasses
 

@@ -495,7 +495,9 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         target = f"{target}-{data['device']}" if target else data["device"]
     elif at.kind is hooks.HookKind.TRACE:
         if "binary" in data:
-            binary = _safe_path(raw, where + ("binary",), data["binary"], raw.path.resolve().parent, problems)
+            is_library, binary = _library(raw, where + ("binary",), data["binary"], problems, must_exist)
+            if not is_library:
+                binary = _safe_path(raw, where + ("binary",), data["binary"], raw.path.resolve().parent, problems)
             if binary is None:
                 return None
             kind = _file_kind(binary)[0] if must_exist else "a regular file"
@@ -518,6 +520,25 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
                           offset=data.get("offset"), pid=data.get("pid"),
                           optional=bool(data.get("optional", False)),
                           order=_order(raw, where, data, at, mode, problems))
+
+
+def _library(raw, where, text, problems: list, must_exist: bool) -> tuple[bool, Path | None]:
+    """A uprobe binary given as a library name (libc, libssl.so.3), resolved as ld.so would: (True, its
+    path, or None with a diagnostic). (False, None) for a path; a file of that name beside the manifest
+    is a path."""
+    from bpfdeploy.libraries import looks_like_library_name, resolve_library
+
+    if not isinstance(text, str) or not looks_like_library_name(text) \
+            or _is(Path.exists, raw.path.resolve().parent / text):
+        return False, None
+    found = resolve_library(text)
+    if found is None:
+        if not must_exist:  # destroy: the name is enough
+            return True, Path(text)
+        problems.append(raw.diag(where, f"library {text!r} is not in the dynamic linker's cache (ldconfig -p)",
+                                 "give the library's path, or a name ldconfig -p lists (for example libc.so.6)"))
+        return True, None
+    return True, found.resolve()
 
 
 _TARGET_FIELDS = ("cgroup", "map", "netns", "device", "xdp_mode", "priority", "handle", "target", "binary", "symbol",

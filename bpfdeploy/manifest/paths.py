@@ -39,3 +39,16 @@ def format_path(path: tuple) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def parse_path(text: str) -> tuple:
+    """format_path undone: ``attachments[2].cgroup`` -> ("attachments", 2, "cgroup")."""
+    out: list = []
+    for part in text.replace("[", ".[").split("."):
+        if not part:
+            continue
+        if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
+            out.append(int(part[1:-1]))
+        else:
+            out.append(part)
+    return tuple(out)

@@ -100,6 +100,8 @@ class DesiredAttachment:
         return self.attach_type.kind
 
     def hook_text(self) -> str:
+        if self.kind is HookKind.TRACE:  # "tracepoint syscalls/sys_enter_kill", not "tracepoint on trace ..."
+            return f"{self.attach_type.short[0]} {self.target}" if self.target else self.attach_type.short[0]
         return f"{self.attach_type.short[0]} on {self.kind.value} {self.target}"
 
 

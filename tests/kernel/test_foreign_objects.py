@@ -306,3 +306,128 @@ def test_dump_shows_per_cpu_values_decoded_keys_and_globals(sandbox):
     assert proc.returncode == 1 and "has no program 'nosuch'" in proc.stderr
     proc = sandbox.cli("dump", manifest, "pcpu_hits", "--key-decode", "ip4", check=False)
     assert proc.returncode == 1 and "KIND one of" in proc.stderr
+
+
+# ---------------------------------------------------------------- attachments decide, not SEC()
+
+CALLS = """
+import os, signal
+for _ in range({n}):
+    os.kill(os.getpid(), 0)   # signal 0: a kill() syscall that delivers nothing
+    os.getppid()
+"""
+
+
+def test_the_attachment_target_overrides_the_sec_name_and_libraries_go_by_name(sandbox):
+    manifest, root = _manifest(sandbox, f"""          loose:
+            source: {_source('loose_sections.bpf.c')}""", """
+        attachments:
+          - program: tracepoint_kill_recorder
+            type: tracepoint
+            target: syscalls/sys_enter_kill
+          - program: uprobe_getppid
+            type: uprobe
+            binary: libc
+            symbol: getppid""")
+    plan = sandbox.cli_json("plan", manifest)
+    targets = {a["after"]["program"]: a["after"]["target"] for a in plan["actions"] if a["resource"] == "attach"}
+    assert targets["tracepoint_kill_recorder"] == "syscalls/sys_enter_kill"
+    libc = targets["uprobe_getppid"]
+    assert libc.endswith("libc.so.6:getppid+0") and "/lib32/" not in libc  # this machine's ABI, as ld.so picks it
+    human = sandbox.cli("plan", manifest).stdout
+    assert "-> tracepoint syscalls/sys_enter_kill" in human and "on trace" not in human
+    sandbox.cli("apply", manifest)
+    sandbox.run_in(CALLS.format(n=25))
+    hits = {e["key"]: e["value"] for e in sandbox.cli_json("dump", manifest, "loose_hits")["entries"]}
+    assert hits[0] >= 25 and hits[1] >= 25  # system-wide probes: other processes may add to them
+    assert sandbox.cli_json("plan", manifest)["changes"] is False
+
+
+def test_a_missing_library_or_symbol_is_a_diagnostic_with_its_line(sandbox):
+    manifest, root = _manifest(sandbox, f"""          loose:
+            source: {_source('loose_sections.bpf.c')}
+            programs: {{uprobe_getppid: null}}""", """
+        attachments:
+          - program: uprobe_getppid
+            type: uprobe
+            binary: libnosuchlibrary
+            symbol: getppid""")
+    out = sandbox.cli_json("validate", manifest, check=False)
+    d = out["diagnostics"][0]
+    assert "library 'libnosuchlibrary' is not in the dynamic linker's cache" in d["message"]
+    assert d["path"] == "attachments[0].binary" and d["line"] is not None
+    manifest.write_text(manifest.read_text().replace("libnosuchlibrary", "libc").replace("symbol: getppid",
+                                                                                         "symbol: no_such_function"))
+    out = sandbox.cli_json("plan", manifest, check=False)
+    errors = [d for d in out["diagnostics"] if d["severity"] == "error"]
+    assert errors and "no_such_function" in errors[0]["message"], out["diagnostics"]
+    assert errors[0]["path"].startswith("attachments[0]") and errors[0]["line"] is not None
+    assert not root.exists()
+
+
+def test_sources_with_glibc_headers_build_with_an_empty_stubs_header_on_an_absolute_include_dir(sandbox):
+    stubs = sandbox.tmp / "stubs-include"  # absolute, outside the manifest's directory tree
+    (stubs / "gnu").mkdir(parents=True)
+    (stubs / "gnu" / "stubs-32.h").write_text("")
+    src = sandbox.tmp / "glibc_user.bpf.c"
+    src.write_text("""
+#include <linux/bpf.h>
+#include <sys/socket.h>   /* glibc: AF_INET, as real objects include it */
+#include <bpf/bpf_helpers.h>
+SEC("cgroup/sock_create")
+int only_inet(struct bpf_sock *sk) { return sk->family == AF_INET || sk->family == AF_INET6 || 1; }
+char _license[] SEC("license") = "GPL";
+""")
+    manifest, _root = _manifest(sandbox, f"""          glibc:
+            source: {src}""")
+    proc = sandbox.cli("validate", manifest, check=False)
+    assert proc.returncode == 1 and "gnu/stubs-32.h" in proc.stderr  # what the reference says happens
+    fixed, _root = _manifest(sandbox, f"""          glibc:
+            source: {src}
+            include_dirs: [{stubs}]""", suffix="fo2")
+    sandbox.cli("validate", fixed)
+
+
+TWO_INGRESS = """
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __type(key, __u32);
+    __type(value, __u64);
+    __uint(max_entries, 2);
+} which_ran SEC(".maps");
+static __always_inline void bump(__u32 k) { __u64 *v = bpf_map_lookup_elem(&which_ran, &k); if (v) __sync_fetch_and_add(v, 1); }
+SEC("cgroup_skb/ingress") int first_counter(struct __sk_buff *skb) { bump(0); return 1; }
+SEC("cgroup_skb/ingress") int second_counter(struct __sk_buff *skb) { bump(1); return 1; }
+char _license[] SEC("license") = "GPL";
+"""
+
+
+def test_switching_the_program_of_a_named_attachment_is_a_change_not_drift(sandbox):
+    src = sandbox.tmp / "two_ingress.bpf.c"
+    src.write_text(TWO_INGRESS)
+    cgroup = sandbox.cgroup("sw")
+
+    def manifest_for(program: str) -> Path:
+        manifest, _root = _manifest(sandbox, f"""          two:
+            source: {src}""", f"""
+        attachments:
+          - name: web-ingress
+            program: {program}
+            type: ingress
+            cgroup: {cgroup}""")
+        return manifest
+
+    sandbox.cli("apply", manifest_for("first_counter"))
+    manifest = manifest_for("second_counter")
+    plan = sandbox.cli_json("plan", manifest)
+    action = next(a for a in plan["actions"] if a["address"] == "attach/web-ingress")
+    assert action["action"] == "update"
+    assert action["reason"] == "the manifest now attaches program 'second_counter' here (instead of 'first_counter')"
+    sandbox.cli("apply", manifest)
+    from tests.kernel.traffic import ECHO
+
+    sandbox.run_in(ECHO.format(n=2), cgroup=cgroup, netns=sandbox.netns())
+    ran = {e["key"]: e["value"] for e in sandbox.cli_json("dump", manifest, "which_ran")["entries"]}
+    assert ran[0] == 0 and ran[1] > 0  # the link moved to the second program
