@@ -243,3 +243,29 @@ def recorded_digests(fleet, host) -> set[str]:
 
     record = json.loads((fleet.dir / "hosts" / host / "state" / "fleet-counters.json").read_text())
     return set(record["digests"].values())
+
+
+def test_a_failed_apply_is_rolled_back_on_its_host_and_stops_the_rollout(fleet):
+    """The canary's apply fails at its last step (bpfdeploy's own fault injection, BPFDEPLOY_FAIL_AT,
+    given to that host only): bpfdeploy undoes every step there, the playbook does not roll back
+    again, and the later batch is never touched."""
+    numbers = (1, 2, 3)
+    names = [fleet.host(i) for i in numbers]
+    ensure_v1(fleet, numbers)
+    ids = {h: fleet.programs(h) for h in names}
+    counts = {h: fleet.counter(h, 1) for h in names}
+    failing = fleet.host_vars("failing-apply", {names[0]: {"rollout_environment": {
+        "BPFDEPLOY_FAIL_AT": "attach/fleet_egress-egress-fleet-app"}}})
+    run = rollout(fleet, V2, fleet.limit(*numbers), inventory=[failing], rollout_serial=[1, "100%"])
+    assert run.rc != 0
+    applied = run.results[APPLY]
+    assert set(applied) == {names[0]}, summary_of(run)
+    result = applied[names[0]]
+    assert result.get("failed") and result["rolled_back"] is True and "injected failure" in result["msg"]
+    assert result["failed_step"] == "update attach/fleet_egress-egress-fleet-app"
+    skipped = run.results["Roll back to the previous release kept on this host (the apply succeeded, a post-check did not)"]
+    assert skipped[names[0]].get("skipped")
+    assert "bpfdeploy rolled the kernel back (rolled_back: True)" in run.results[
+        "Fail this host, so that max_fail_percentage counts it"][names[0]]["msg"]
+    for h in names:  # the canary as it was (release 1, the same programs and counts), the rest untouched
+        assert fleet.programs(h) == ids[h] and fleet.counter(h, 1) == counts[h] and fleet.counter(h, 2) == 1, h
