@@ -431,3 +431,21 @@ def test_switching_the_program_of_a_named_attachment_is_a_change_not_drift(sandb
     sandbox.run_in(ECHO.format(n=2), cgroup=cgroup, netns=sandbox.netns())
     ran = {e["key"]: e["value"] for e in sandbox.cli_json("dump", manifest, "which_ran")["entries"]}
     assert ran[0] == 0 and ran[1] > 0  # the link moved to the second program
+
+
+def test_plan_verify_refuses_fentry_and_lsm_programs_this_kernel_cannot_load(sandbox):
+    manifest, root = _manifest(sandbox, f"""          tools:
+            source: {_source('fentry_lsm.bpf.c')}""")
+    plain = sandbox.cli_json("plan", manifest, check=False)  # the probe cannot tell (see the reference)
+    out = sandbox.cli_json("plan", manifest, "--verify", check=False)
+    verdicts = {v["function"]: v for v in out["verification"]["programs"]}
+    assert verdicts["tp_unlinkat"]["accepted"] is True
+    for function in ("fentry_unlinkat", "lsm_file_open"):
+        v = verdicts[function]  # this project's kernel refuses both (KERNEL.md: fentry gives EPERM)
+        assert v["accepted"] is False
+        assert f"program '{function}' of object 'tools'" in v["message"]
+        assert "Operation not permitted" in v["message"] and "fentry/fexit/LSM" in v["message"]
+    refused = [f for f, v in verdicts.items() if not v["accepted"]]
+    errors = [d for d in out["diagnostics"] if d["severity"] == "error"]
+    assert len(errors) == len(refused) + len([d for d in plain["diagnostics"] if d["severity"] == "error"])
+    assert not root.exists()
