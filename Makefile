@@ -1,5 +1,5 @@
 # Everything also works without make: see scripts/bootstrap.sh.
-.PHONY: setup demo test unit kernel fleet fleet-install fleet-up fleet-down record-fixtures reliability bench bench-fleet
+.PHONY: setup demo test unit kernel fleet fleet-install fleet-up fleet-down record-fixtures reliability bench bench-fleet cli-docs
 
 setup:
 	bash scripts/bootstrap.sh setup
@@ -28,6 +28,10 @@ fleet-up:
 
 fleet-down:
 	bash scripts/fleet.sh down $(or $(N),3) $(or $(PREFIX),bpfleet)
+
+# The man page and bash completion, from the argument parser (build/man/bpfdeploy.1, build/completion/bpfdeploy.bash).
+cli-docs:
+	.venv/bin/python scripts/make-cli-docs.py
 
 record-fixtures:
 	bash scripts/record-fixtures.sh

@@ -22,13 +22,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """--version: the versions are read only when asked (bpftool and clang each start a process)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import platform
+
+        from bpfdeploy import __version__
+        from bpfdeploy.probe import tool_versions
+
+        v = tool_versions()
+        missing = "not found"
+        print(f"bpfdeploy {__version__} (Python {platform.python_version()})\n"
+              f"kernel    {platform.release()}\n"
+              f"bpftool   {v.bpftool or missing}" + (f" (built with libbpf {v.bpftool_libbpf})" if v.bpftool_libbpf else "")
+              + f"\nlibbpf    {v.libbpf or missing} (the libbpf.so.1 bpfdeploy loads)\n"
+              f"clang     {v.clang or missing}\n"
+              f"iproute2  {v.iproute2 or missing}")
+        parser.exit(ExitCode.OK)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bpfdeploy", description="Declarative deployment of eBPF programs.",
                      epilog="exit codes: 0 ok, 1 error (a failed apply is rolled back), 2 changes pending "
                             "(plan --detailed-exitcode), 3 drifted or not deployed (status), 4 locked "
                             "(--lock-timeout passed), 5 partial (an optional attachment failed), 64 usage, "
                             "70 internal error")
-    parser.add_argument("--version", action="version", version="bpfdeploy 0.1.0")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show bpfdeploy's version and those of the kernel, bpftool, libbpf, clang and iproute2")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, manifest=True):
@@ -47,14 +68,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --artifacts: require a good signature by a key of this ssh allowed_signers file")
         return p
 
-    from_artifacts(common(sub.add_parser("validate", help="check a manifest and report every problem")))
+    def manifests(p):
+        p.add_argument("manifest", type=Path, nargs="+", help="manifest files ('-': standard input), or deployment "
+                                                              "names (the manifest their record names)")
+        return p
+
+    from_artifacts(common(manifests(sub.add_parser("validate", help="check manifests and report every problem")),
+                          manifest=False))
     p = common(sub.add_parser("build", help="build every object of the manifest into a directory of artifacts, "
                                             "for 'apply --artifacts' on hosts without clang"))
     p.add_argument("--out", type=Path, metavar="DIR", required=True,
                    help="where the objects and their index of digests (artifacts.json) are written")
     p.add_argument("--sign-key", type=Path, metavar="KEY",
                    help="sign the index with this ssh private key (ssh-keygen -Y sign, namespace bpfdeploy)")
-    p = from_artifacts(common(sub.add_parser("plan", help="show what apply would change")))
+    p = from_artifacts(common(manifests(sub.add_parser("plan", help="show what apply would change")), manifest=False))
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes pending, 1: error")
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--out", type=Path, metavar="FILE", help="save the plan, with a fingerprint of the live state, "
@@ -71,12 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
-    p = common(sub.add_parser("destroy", help="remove everything the deployment owns"))
+    p = common(sub.add_parser("destroy", help="remove everything the deployment owns"), manifest=False)
+    p.add_argument("manifest", type=Path, help="the manifest file, or the deployment's name")
     p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
                    help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
 
     p = sub.add_parser("status", help="deployments on this host, or one deployment in detail")
-    p.add_argument("manifest", type=Path, nargs="?", help="a deployment's manifest (omit: list every deployment)")
+    p.add_argument("manifest", type=Path, nargs="?", help="a deployment's manifest or name (omit: list every "
+                                                          "deployment)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--state-dir", type=Path, help="where deployment records live")
     p.add_argument("--stats", nargs="?", type=float, const=1.0, metavar="SECONDS",
@@ -109,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, metavar="SECONDS", help="with --textfile: rewrite every SECONDS")
     p.add_argument("--once", action="store_true",
                    help="write the exposition once and exit: to the --textfile if one is given, else to stdout")
+
+    p = sub.add_parser("graph", help="the deployment as a Graphviz DOT graph: objects -> programs -> maps and hooks")
+    p.add_argument("manifest", type=Path, help="the manifest file, or a deployment's name")
+    p.add_argument("--state-dir", type=Path, help="where deployment records live (to find a deployment by name)")
+    from_artifacts(p)
 
     probe_p = sub.add_parser("probe", help="what this host's kernel and tools can run")
     probe_sub = probe_p.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
@@ -214,42 +248,100 @@ def _artifact_args(args) -> dict:
     return {"artifacts": args.artifacts, "allowed_signers": args.allowed_signers}
 
 
-def cmd_validate(args) -> int:
-    from bpfdeploy.workflow import prepare
+def _manifests(args) -> list[Path]:
+    """The MANIFEST arguments as files: `-` is standard input (once), a name is a deployment's manifest."""
+    from bpfdeploy.targets import STDIN, manifest_for, stdin_manifest
 
-    prepared = prepare(args.manifest, _build_progress(args), **_artifact_args(args))
-    d = prepared.desired
+    if sum(1 for m in args.manifest if str(m) == STDIN) > 1:
+        _usage(args, "standard input (-) can be given once")
+    out = []
+    for m in args.manifest:
+        if str(m) == STDIN:
+            import atexit
+            import shutil
+            import tempfile
+
+            directory = tempfile.mkdtemp(prefix="bpfdeploy-stdin-")
+            atexit.register(shutil.rmtree, directory, True)
+            out.append(stdin_manifest(Path(directory)))
+        else:
+            out.append(manifest_for(m))
+    return out
+
+
+def _usage(args, message: str) -> None:
+    _parser().error(f"{args.command}: {message}")
+
+
+def _each(args, one) -> int:
+    """Run ONE(args, manifest) -> (exit code, JSON body) for every manifest given. With one manifest
+    the reply is that manifest's; with several, each is reported and the worst exit code wins."""
+    manifests = _manifests(args)
+    if len(manifests) == 1:
+        code, body = one(args, manifests[0])
+        if args.json:
+            from bpfdeploy.render.replies import emit
+
+            emit(body)
+        return code
+    results, codes = [], []
+    for manifest in manifests:
+        try:
+            code, body = one(args, manifest)
+        except BpfdeployError as exc:
+            code = _exit_code(exc)
+            body = {"error": exc.message, "exit_code": int(code), "diagnostics": [d.to_json() for d in exc.diagnostics]}
+            if not args.json:
+                _report_error(exc, args)
+        codes.append(code)
+        results.append({"manifest": str(manifest), "exit_code": int(code), **body})
     if args.json:
         from bpfdeploy.render.replies import emit
 
-        emit({"valid": True, "deployment": d.name, "pin_root": str(d.pin_root),
-              "programs": len(d.programs), "maps": len(d.maps), "attachments": len(d.attachments),
-              "diagnostics": [w.to_json() for w in prepared.warnings]})
-        return ExitCode.OK
-    from bpfdeploy.render import human
+        emit({"results": results})
+    worst = [ExitCode.ERROR, ExitCode.LOCKED, ExitCode.CHANGES]
+    return next((c for c in worst if c in codes), ExitCode.OK)
 
-    human.diagnostics(prepared.warnings, human.out)
-    human.out.print(f"[green]valid[/]: {args.manifest}: deployment [cyan]{d.name}[/], {len(d.programs)} program(s), "
-                    f"{len(d.maps)} map(s), {len(d.attachments)} attachment(s)")
-    return ExitCode.OK
+
+def cmd_validate(args) -> int:
+    return _each(args, _validate_one)
+
+
+def _validate_one(args, manifest: Path) -> tuple[int, dict]:
+    from bpfdeploy.workflow import prepare
+
+    prepared = prepare(manifest, _build_progress(args), **_artifact_args(args))
+    d = prepared.desired
+    body = {"valid": True, "deployment": d.name, "pin_root": str(d.pin_root),
+            "programs": len(d.programs), "maps": len(d.maps), "attachments": len(d.attachments),
+            "diagnostics": [w.to_json() for w in prepared.warnings]}
+    if not args.json:
+        from bpfdeploy.render import human
+
+        human.diagnostics(prepared.warnings, human.out)
+        human.out.print(f"[green]valid[/]: {manifest}: deployment [cyan]{d.name}[/], {len(d.programs)} program(s), "
+                        f"{len(d.maps)} map(s), {len(d.attachments)} attachment(s)")
+    return ExitCode.OK, body
 
 
 def cmd_plan(args) -> int:
+    if args.out and len(args.manifest) > 1:
+        _usage(args, "--out saves the plan of one manifest")
+    return _each(args, _plan_one)
+
+
+def _plan_one(args, manifest: Path) -> tuple[int, dict]:
     from bpfdeploy.workflow import plan_deployment, save_plan
 
-    planned = plan_deployment(args.manifest, on_build=_build_progress(args), verify=args.verify,
+    planned = plan_deployment(manifest, on_build=_build_progress(args), verify=args.verify,
                               **_artifact_args(args))
     p = planned.plan
     if args.out and not p.errors:
         save_plan(planned, args.out)
-    if args.json:
-        from bpfdeploy.render.replies import emit
-
-        body = p.to_json()
-        if planned.verification is not None:
-            body["verification"] = planned.verification.to_json()
-        emit(body)
-    else:
+    body = p.to_json()
+    if planned.verification is not None:
+        body["verification"] = planned.verification.to_json()
+    if not args.json:
         from bpfdeploy.render import human
 
         human.plan(p, verbose=args.verbose)
@@ -260,10 +352,10 @@ def cmd_plan(args) -> int:
         if args.out and not p.errors:
             human.out.print(f"Saved the plan to {args.out}; carry it out with: bpfdeploy apply {args.out}")
     if p.errors:
-        return ExitCode.ERROR
-    if args.detailed_exitcode and p.changes:
-        return ExitCode.CHANGES
-    return ExitCode.OK
+        return ExitCode.ERROR, body
+    if args.detailed_exitcode and p.pending:
+        return ExitCode.CHANGES, body
+    return ExitCode.OK, body
 
 
 def cmd_apply(args, destroy: bool = False) -> int:
@@ -382,6 +474,9 @@ def cmd_apply_all(args) -> int:
 
 
 def cmd_destroy(args) -> int:
+    from bpfdeploy.targets import manifest_for
+
+    args.manifest = manifest_for(args.manifest)  # a deployment's name will do, as for dump
     return cmd_apply(args, destroy=True)
 
 
@@ -405,6 +500,9 @@ def cmd_status(args) -> int:
             view.fit(args.wide)
             view.deployments(items)
         return ExitCode.OK
+    from bpfdeploy.targets import manifest_for
+
+    args.manifest = manifest_for(args.manifest)  # a deployment's name will do, as for dump
     prepared = prepare(args.manifest, _build_progress(args), **_artifact_args(args))
     if args.watch and not args.json:
         import time
@@ -516,6 +614,17 @@ def cmd_build(args) -> int:
     return ExitCode.OK
 
 
+def cmd_graph(args) -> int:
+    from bpfdeploy.render.graph import dot
+    from bpfdeploy.targets import manifest_for
+    from bpfdeploy.workflow import prepare
+
+    args.json = False  # DOT is the output; diagnostics go to stderr
+    prepared = prepare(manifest_for(args.manifest), _build_progress(args), **_artifact_args(args))
+    sys.stdout.write(dot(prepared.desired))
+    return ExitCode.OK
+
+
 def cmd_probe(args) -> int:
     return {"features": cmd_probe_features, "check": cmd_probe_check}[args.probe_command](args)
 
@@ -557,7 +666,7 @@ def cmd_probe_check(args) -> int:
 
 
 _COMMANDS = {"validate": cmd_validate, "build": cmd_build, "plan": cmd_plan, "apply": cmd_apply, "destroy": cmd_destroy,
-             "probe": cmd_probe, "status": cmd_status, "dump": cmd_dump, "metrics": cmd_metrics}
+             "probe": cmd_probe, "status": cmd_status, "dump": cmd_dump, "metrics": cmd_metrics, "graph": cmd_graph}
 
 if __name__ == "__main__":
     sys.exit(main())

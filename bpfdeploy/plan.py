@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # 2: before/after are objects of typed fields (they were text), a map update lists its entries.
 # The same number as every --json reply's format_version (render/replies.FORMAT_VERSION).
 PLAN_FORMAT = 2
+BPFFS = "/sys/fs/bpf"  # where bpfdeploy's pins live (kernel/apply.ensure_bpffs mounts it)
 STAGING_SUFFIX = "__bpfdeploy_new"  # staged pins of replacements; renamed over the old pin at commit
 
 
@@ -213,10 +214,17 @@ class Plan:
     # (attachment name, why) of optional attachments left out because their hook cannot be used
     skipped: tuple[tuple[str, str], ...] = ()
     chains: tuple = ()  # order.Chain of each hook whose programs run in a chain we order or share
+    # bpffs mounts apply makes first (the pin base is not a bpffs here); apply then plans again
+    mounts: tuple[str, ...] = ()
 
     @property
     def changes(self) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind is not Kind.NOOP)
+
+    @property
+    def pending(self) -> bool:
+        """Whether apply has anything to do: an action, or a bpffs to mount."""
+        return bool(self.changes or self.mounts)
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -230,12 +238,13 @@ class Plan:
 
     def to_json(self) -> dict:
         return {"format_version": PLAN_FORMAT, "deployment": self.name, "pin_root": self.pin_root,
-                "summary": self.counts(), "changes": bool(self.changes),
+                "summary": self.counts(), "changes": self.pending,
                 "actions": [a.to_json() for a in self.actions],
                 "conflicts": list(self.conflicts), "diagnostics": [d.to_json() for d in self.diagnostics],
                 "artifacts": self.artifacts,
                 "skipped": [{"attachment": name, "reason": why} for name, why in self.skipped],
-                "chains": [c.to_json() for c in self.chains]}
+                "chains": [c.to_json() for c in self.chains],
+                "mounts": [{"fstype": "bpf", "target": m} for m in self.mounts]}
 
 
 def _anchors_first(attachments) -> list:
@@ -283,6 +292,7 @@ class _Planner:
         self.ours = live.program_ids()  # ids of the programs pinned under our root
         self.diags: list[Diagnostic] = []
         self.conflicts: list[str] = []
+        self.unseen_hooks: set = set()  # hooks holding programs while no bpffs is mounted (owner unknown)
         self.replaced_maps: set[str] = set()
         self.new_programs: set[str] = set()  # pin names loaded anew (create or replace)
         self.explained: set[str] = set()  # live pins that a desired object accounts for
@@ -310,8 +320,17 @@ class _Planner:
         self._access()
         self._leftovers()
         actions = tuple(self.cleanup) + tuple(self.actions) + tuple(self.deletes)
+        mounts: tuple[str, ...] = ()
+        if not self.live.bpffs_mounted:
+            mounts = (BPFFS,)
+            held = f"; {len(self.unseen_hooks)} of the manifest's hooks hold programs whose owner it cannot tell" \
+                if self.unseen_hooks else ""
+            self.diags.append(Diagnostic(
+                f"bpffs is not mounted on {BPFFS}, so no pin of this deployment can be seen{held}", self.file,
+                "pin_root", severity="warning",
+                hint=f"apply mounts it (mount -t bpf bpf {BPFFS}) and plans again before it changes anything"))
         return Plan(self.d.name, str(self.d.pin_root), actions, tuple(self.diags), tuple(self.conflicts),
-                    skipped=tuple(self.skipped), chains=tuple(self.chains))
+                    skipped=tuple(self.skipped), chains=tuple(self.chains), mounts=mounts)
 
     # -- chains of programs on shared hooks (tcx, cgroup links): where each program runs
     def _chains(self) -> None:
@@ -535,7 +554,11 @@ class _Planner:
         if a.attach_type.tc_filter:
             self._tc_attachment(a, address, after, hook, live_prog, prog_changed, ours)
             return
-        if hook is not None and hook.prog_ids:
+        if hook is not None and hook.prog_ids and not self.live.bpffs_mounted:
+            # No bpffs here: none of our pins can be seen, so every program looks foreign. Whose they
+            # are is decided by the plan apply makes after mounting it, not reported as conflicts now.
+            self.unseen_hooks.add(key)
+        elif hook is not None and hook.prog_ids:
             foreign = [i for i in hook.prog_ids if i not in ours]
             if foreign:
                 names = ", ".join(f"id {i} ({self.live.names.get(i, '?')})" for i in foreign)

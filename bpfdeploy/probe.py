@@ -583,6 +583,11 @@ def _read_versions() -> tuple[ToolVersions, str | None]:
                         clang=clang, iproute2=tc), soname
 
 
+def tool_versions() -> ToolVersions:
+    """The tools' versions, read now (bpfdeploy --version)."""
+    return _read_versions()[0]
+
+
 # -- the cache ------------------------------------------------------------------------------
 
 def default_cache_dir() -> Path:

@@ -359,11 +359,20 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
         if on_plan:
             on_plan(planned)
         p = planned.plan
-        if p.errors or check or not p.changes:
+        if p.errors or check or not p.pending:
             return Applied(planned, None, destroy)
         from bpfdeploy.kernel.apply import apply, ensure_bpffs
 
         ensure_bpffs()
+        if p.mounts:
+            # The plan could not see a single pin (no bpffs here): plan again against what the
+            # mounted bpffs holds, so that whose programs sit on the hooks is decided for real.
+            planned = plan_prepared(prepared, source, destroy=destroy)
+            if on_plan:
+                on_plan(planned)
+            p = planned.plan
+            if p.errors or not p.changes:
+                return Applied(planned, None, destroy)
         result = apply(p, prepared.desired, planned.live, destroy=destroy, on_step=on_step,
                        manifest_file=str(source.resolve()))
         return Applied(planned, result, destroy)

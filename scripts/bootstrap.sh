@@ -57,6 +57,9 @@ fi
 # Byte code written once: with PYTHONDONTWRITEBYTECODE set, every run would compile the sources again.
 .venv/bin/python -m compileall -q bpfdeploy >/dev/null
 
+# The man page and bash completion, generated from the parser at set-up (never at run time).
+.venv/bin/python scripts/make-cli-docs.py >/dev/null
+
 # The program the uprobe example traces.
 if [ ! -x build/uprobe-target ] || [ bpf/uprobe-demo/target.c -nt build/uprobe-target ]; then
   mkdir -p build

@@ -70,7 +70,10 @@ s("plan", "bpfdeploy plan --json (also the 'plan' of apply and destroy replies)"
                           "type": "object", "required": ["object", "sha256", "build_digest"],
                           "additionalProperties": False,
                           "properties": {"object": {"type": "string"}, "sha256": SHA256,
-                                         "build_digest": SHA256}}}}}},
+                                         "build_digest": SHA256}}}}},
+    "mounts": {"type": "array", "description": "bpffs mounts apply makes first (then it plans again)",
+               "items": {"type": "object", "required": ["fstype", "target"],
+                         "properties": {"fstype": {"const": "bpf"}, "target": {"type": "string"}}}}},
     ["deployment", "pin_root", "summary", "changes", "actions", "conflicts", "diagnostics"]),
   {"skipped": {"type": "object", "required": ["attachment", "reason"], "additionalProperties": False,
                "properties": {"attachment": {"type": "string"}, "reason": {"type": "string"}}},
@@ -191,3 +194,11 @@ s("metrics", "bpfdeploy metrics --json (one scrape, no server)", reply({
                                           "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                                           "value": {"type": "number"}}}}}}}},
     ["deployments", "unprepared", "families"]))
+
+for command, one in (("validate", "a validate reply"), ("plan", "a plan reply")):
+    s(f"{command}-many", f"bpfdeploy {command} --json with several manifests: one result per manifest, in order",
+      reply({"results": {"type": "array", "items": {
+          "type": "object", "required": ["manifest", "exit_code"],
+          "description": f"{one} (or an error reply) without format_version, plus the manifest and its exit code",
+          "properties": {"manifest": {"type": "string"}, "exit_code": {"type": "integer", "minimum": 0},
+                         "error": {"type": "string"}, "diagnostics": DIAGS}}}}, ["results"]))

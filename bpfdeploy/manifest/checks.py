@@ -58,7 +58,7 @@ def build_manifest(raw: RawManifest, cgroup_root: Path, files_must_exist: bool =
     problems: list[Diagnostic] = []
     _control_characters(raw, data, (), problems)
 
-    base = raw.path.resolve().parent
+    base = raw.base
     name = data.get("name") if isinstance(data.get("name"), str) else "unnamed"
 
     pin_root = _pin_root(raw, data.get("pin_root"), name, problems) if isinstance(data.get("pin_root"), (str, type(None))) \
@@ -497,7 +497,7 @@ def _attachment(raw: RawManifest, i: int, data: dict, cgroup_root: Path, problem
         if "binary" in data:
             is_library, binary = _library(raw, where + ("binary",), data["binary"], problems, must_exist)
             if not is_library:
-                binary = _safe_path(raw, where + ("binary",), data["binary"], raw.path.resolve().parent, problems)
+                binary = _safe_path(raw, where + ("binary",), data["binary"], raw.base, problems)
             if binary is None:
                 return None
             kind = _file_kind(binary)[0] if must_exist else "a regular file"

@@ -22,6 +22,12 @@ from bpfdeploy.manifest.paths import format_path, line_of  # noqa: F401  (re-exp
 from bpfdeploy.manifest.paths import SCHEMA_PATH  # noqa: E402
 
 
+# Manifest files whose relative paths resolve against another directory than their own: a
+# manifest read from standard input is copied to a temporary file, and its paths are relative to
+# the directory bpfdeploy was started in (bpfdeploy/targets.py registers it).
+BASE_DIRS: dict[str, Path] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class RawManifest:
     """The parsed document plus where each node came from."""
@@ -30,6 +36,12 @@ class RawManifest:
     data: dict
     lines: dict[tuple, int]  # manifest path (tuple of keys/indices) -> 1-based line
     warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def base(self) -> Path:
+        """The directory relative paths in the manifest start from."""
+        resolved = self.path.resolve()
+        return BASE_DIRS.get(str(resolved), resolved.parent)
 
     def line_of(self, path: tuple) -> int | None:
         return line_of(self.lines, path)

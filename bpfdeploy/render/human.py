@@ -92,6 +92,8 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
     if p.artifacts:
         out.print(f"  [dim]{escape(artifacts_line(p.artifacts))}[/]")
     width = max((len(a.address) for a in shown), default=0)
+    for target in p.mounts:
+        out.print(f"  [green]  + mount  [/] bpffs on {escape(target)}  not mounted: apply mounts it, then plans again")
     for a in shown:
         sym, color = SYMBOL[a.kind]
         out.print(f"  [{color}]{sym:>3} {a.kind.value:<7}[/] {escape(a.address):<{width}}  {escape(a.reason)}")
@@ -118,7 +120,7 @@ def plan(p: Plan, verbose: bool = False, title: str = "Plan") -> None:
     counts = p.counts()
     if p.errors:  # never "the kernel matches" when something stops the plan
         out.print(f"[bold red]Plan stopped:[/] {len(p.errors)} error(s); nothing would be changed.")
-    elif not p.changes:
+    elif not p.pending:
         out.print("[green]No changes.[/] The kernel matches the manifest.")
     else:
         out.print(f"[bold]Plan:[/] {counts['create']} to create, {counts['update']} to update, "

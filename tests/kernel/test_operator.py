@@ -202,3 +202,81 @@ def test_status_tables_fit_80_columns_without_cutting_names_and_grep_finds_the_n
         # --wide on a terminal: the same, one line per cell.
         wide = _on_a_terminal(sandbox, [*args, "--wide"])
         assert name in wide and "…" not in wide
+
+
+# -- conveniences -------------------------------------------------------------------------------
+
+def test_status_and_destroy_take_a_deployment_name(sandbox):
+    manifest = sandbox.example("cgroup-counters.yaml")
+    data = yaml.safe_load(manifest.read_text())
+    name, root = data["name"], Path(data["pin_root"])
+    sandbox.cli("apply", manifest)
+    status = sandbox.cli_json("status", name)
+    assert status["deployment"] == name and status["healthy"] is True
+    assert name in sandbox.cli("status", name).stdout
+    sandbox.cli("destroy", name)
+    assert not root.exists()
+    gone = sandbox.cli("status", name, check=False)
+    assert gone.returncode == 1 and "no deployment of that name" in gone.stderr
+    assert "Traceback" not in gone.stderr
+
+
+def test_plan_takes_several_manifests_and_standard_input(sandbox):
+    import subprocess
+    import sys
+
+    from tests.reply_schemas import check_reply
+
+    directory = sandbox.tmp / "manifests"
+    directory.mkdir()
+    a, name_a, _ = _second_counters(sandbox, directory, "pla")
+    b, name_b, _ = _second_counters(sandbox, directory, "plb")
+    sandbox.cli("apply", a)
+    both = sandbox.cli("plan", a, b, "--json", "--detailed-exitcode", check=False)
+    assert both.returncode == 2, both.stderr  # b is not applied yet: changes pending
+    reply = json.loads(both.stdout)
+    check_reply("plan-many", reply)
+    assert [(r["deployment"], r["exit_code"], r["changes"]) for r in reply["results"]] == [
+        (name_a, 0, False), (name_b, 2, True)]
+    human = sandbox.cli("plan", a, b).stdout
+    assert f"deployment {name_a}" in human and f"deployment {name_b}" in human
+
+    # '-': the manifest from standard input (relative paths from the current directory)
+    proc = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "plan", "-", "--json"], input=a.read_text(),
+                          env=sandbox.env, capture_output=True, text=True, cwd=directory, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deployment"] == name_a
+    check = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "validate", "-", "-"], input="", env=sandbox.env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 64 and "once" in check.stderr
+
+
+# -- odd hosts ----------------------------------------------------------------------------------
+
+def test_without_bpffs_plan_says_it_will_be_mounted_instead_of_reporting_conflicts(sandbox):
+    """In a private mount namespace with /sys/fs/bpf unmounted (the machine's bpffs is untouched):
+    the deployment's programs are still on their hooks, but no pin can be seen."""
+    import subprocess
+    import sys
+
+    manifest = sandbox.example("cgroup-counters.yaml")
+    sandbox.cli("apply", manifest)
+    inner = (f'umount /sys/fs/bpf && [ "$(stat -f -c %T /sys/fs/bpf)" != bpf_fs ] && '
+             f'exec {sys.executable} -m bpfdeploy.cli plan "$1" "$2"')
+    for extra in ("--json", "--detailed-exitcode"):
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", inner, "sh", str(manifest),
+                               extra], env=sandbox.env, capture_output=True, text=True, timeout=120)
+        if extra == "--json":
+            assert proc.returncode == 0, proc.stderr
+            reply = json.loads(proc.stdout)
+            assert reply["mounts"] == [{"fstype": "bpf", "target": "/sys/fs/bpf"}] and reply["changes"] is True
+            assert not [d for d in reply["diagnostics"] if d["severity"] == "error"], reply["diagnostics"]
+            assert not reply["conflicts"]
+            (warning,) = [d for d in reply["diagnostics"] if "bpffs is not mounted" in d["message"]]
+            assert "2 of the manifest's hooks hold programs" in warning["message"]
+        else:
+            assert proc.returncode == 2, proc.stderr  # changes pending, not an error
+            assert "+ mount   bpffs on /sys/fs/bpf" in proc.stdout and "conflict" not in proc.stdout
+    assert subprocess.run(["stat", "-f", "-c", "%T", "/sys/fs/bpf"], capture_output=True,
+                          text=True).stdout.strip() == "bpf_fs"  # ours was never unmounted
+    assert not [a for a in sandbox.cli_json("plan", manifest)["actions"] if a["action"] != "no-op"]

@@ -24,3 +24,94 @@ def test_yaml_syntax_errors_name_line_and_column():
     reply = json.loads(_cli("validate", BAD / "invalid-yaml-tab.yaml", "--json").stdout)
     (diag,) = reply["diagnostics"]
     assert (diag["line"], diag["column"]) == (4, 1) and "tab" in diag["hint"]
+
+
+def test_version_names_the_kernel_and_every_tool():
+    import platform
+
+    proc = _cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    lines = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert lines["bpfdeploy"].startswith("0.1.0") and lines["kernel"] == platform.release()
+    for tool in ("bpftool", "libbpf", "clang", "iproute2"):
+        assert tool in lines and lines[tool] != "not found", proc.stdout
+
+
+def test_building_the_parser_reads_no_version():
+    """--version's tools run only when asked: the parser every command builds starts no process."""
+    from bpfdeploy.cli import _parser
+    from bpfdeploy.kernel import runner
+
+    before = len(runner.calls)
+    _parser().parse_args(["status"])
+    assert len(runner.calls) == before
+
+
+def test_several_manifests_are_validated_each_and_the_worst_exit_code_wins():
+    good = REPO / "manifests" / "cgroup-counters.yaml"
+    proc = _cli("validate", good, BAD / "unknown-attach-type.yaml", "--json")
+    assert proc.returncode == 1
+    reply = json.loads(proc.stdout)
+    from tests.reply_schemas import check_reply
+
+    check_reply("validate-many", reply)
+    assert [(r["exit_code"], r.get("valid")) for r in reply["results"]] == [(0, True), (1, None)]
+    assert "unknown attach type" in reply["results"][1]["diagnostics"][0]["message"]
+    human = _cli("validate", good, BAD / "unknown-attach-type.yaml")
+    assert "valid: " in human.stdout and "unknown attach type 'ingres'" in human.stderr
+
+
+def test_a_manifest_on_standard_input_resolves_paths_from_the_current_directory():
+    text = (REPO / "manifests" / "cgroup-counters.yaml").read_text()
+    proc = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "validate", "-", "--json"], input=text,
+                          capture_output=True, text=True, cwd=REPO / "manifests", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deployment"] == "cgroup-counters"
+    elsewhere = subprocess.run([sys.executable, "-m", "bpfdeploy.cli", "validate", "-"], input=text,
+                               capture_output=True, text=True, cwd="/", timeout=120)
+    assert elsewhere.returncode == 1 and "not found" in elsewhere.stderr
+
+
+def test_graph_draws_objects_programs_maps_and_hooks_as_dot():
+    import re
+
+    proc = _cli("graph", REPO / "manifests" / "sockmap-redirect.yaml")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert text.startswith('digraph "sockmap-redirect" {') and text.rstrip().endswith("}")
+    nodes = dict(re.findall(r'^  ("[^"]+") \[shape=(\w+)', text, re.M))
+    edges = re.findall(r'^  ("[^"]+") -> ("[^"]+")(?: \[([^\]]*)\])?;', text, re.M)
+    assert nodes['"object:sockops"'] == "folder" and nodes['"prog:sockredir"'] == "ellipse"
+    assert nodes['"map:sock_ops_map"'] == "cylinder"
+    cgroup = '"hook:cgroup:/sys/fs/cgroup/unified/bpfdeploy-sockmap-demo"'
+    assert nodes[cgroup] == "hexagon"
+    labelled = {(a, b): attrs for a, b, attrs in edges}
+    assert 'label="sock_ops"' in labelled[('"prog:sockops"', cgroup)]
+    assert ('"object:sockredir"', '"prog:sockredir"') in labelled
+    assert any(a == '"prog:sockredir"' and b == '"map:sock_ops_map"' and "msg_verdict" in attrs
+               for a, b, attrs in edges)  # a sockmap verdict's hook is its map
+    assert all(a in nodes and b in nodes for a, b, _ in edges)  # every edge joins declared nodes
+
+
+def test_man_page_and_bash_completion_are_generated_from_the_parser(tmp_path):
+    import os
+
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make-cli-docs.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    page = subprocess.run(["man", "-l", str(tmp_path / "man" / "bpfdeploy.1")], capture_output=True, text=True,
+                          env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"})
+    assert page.returncode == 0, page.stderr
+    for command in ("validate", "plan", "apply", "destroy", "status", "dump", "metrics", "graph", "probe check"):
+        assert f"bpfdeploy {command}" in page.stdout
+    assert "64 (USAGE)" in page.stdout and "--detailed-exitcode" in page.stdout.replace("‐", "-")
+    script = tmp_path / "completion" / "bpfdeploy.bash"
+    probe = f"""
+source {script}
+t() {{ COMP_WORDS=("$@"); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); COMPREPLY=(); _bpfdeploy; echo "${{COMPREPLY[*]}}"; }}
+t bpfdeploy gr
+t bpfdeploy plan --detailed
+t bpfdeploy probe ''
+t bpfdeploy status cgroup-co
+"""
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=REPO / "manifests").stdout
+    assert out.splitlines() == ["graph", "--detailed-exitcode", "features check", "cgroup-counters.yaml"]
