@@ -46,6 +46,7 @@ bench-fleet:
 	.venv/bin/python bench/fleet.py $(BENCH_ARGS)
 
 # Install the boot-time unit: bpfdeploy.service runs `bpfdeploy apply --all` on the manifest directory
+# (and bpfdeploy-metrics.service, the exporter of the same directory; the man page and bash completion)
 # named in /etc/bpfdeploy/bpfdeploy.conf. bpfdeploy itself stays in this checkout's .venv (make setup);
 # $(PREFIX)/bin/bpfdeploy is a link to it. An existing bpfdeploy.conf is kept. Nothing is enabled or
 # started here: run `systemctl daemon-reload && systemctl enable bpfdeploy.service` on a systemd host.
@@ -63,6 +64,13 @@ install:
 	sed -e 's#/usr/local/bin/bpfdeploy#$(PREFIX)/bin/bpfdeploy#g' -e 's#/etc/bpfdeploy#$(SYSCONFDIR)/bpfdeploy#g' \
 	  packaging/systemd/bpfdeploy.service > "$(DESTDIR)$(UNITDIR)/bpfdeploy.service"
 	chmod 0644 "$(DESTDIR)$(UNITDIR)/bpfdeploy.service"
+	sed -e 's#/usr/local/bin/bpfdeploy#$(PREFIX)/bin/bpfdeploy#g' -e 's#/etc/bpfdeploy#$(SYSCONFDIR)/bpfdeploy#g' \
+	  packaging/systemd/bpfdeploy-metrics.service > "$(DESTDIR)$(UNITDIR)/bpfdeploy-metrics.service"
+	chmod 0644 "$(DESTDIR)$(UNITDIR)/bpfdeploy-metrics.service"
+	.venv/bin/python scripts/make-cli-docs.py build >/dev/null
+	install -D -m 0644 build/man/bpfdeploy.1 "$(DESTDIR)$(PREFIX)/share/man/man1/bpfdeploy.1"
+	install -D -m 0644 build/completion/bpfdeploy.bash "$(DESTDIR)$(PREFIX)/share/bash-completion/completions/bpfdeploy"
 	test -e "$(DESTDIR)$(SYSCONFDIR)/bpfdeploy/bpfdeploy.conf" || \
 	  sed -e 's#/etc/bpfdeploy#$(SYSCONFDIR)/bpfdeploy#g' packaging/bpfdeploy.conf > "$(DESTDIR)$(SYSCONFDIR)/bpfdeploy/bpfdeploy.conf"
-	@echo "installed; on a systemd host: systemctl daemon-reload && systemctl enable bpfdeploy.service"
+	@echo "installed; on a systemd host: systemctl daemon-reload && systemctl enable bpfdeploy.service" \
+	  "(and bpfdeploy-metrics.service for the Prometheus exporter)"

@@ -109,6 +109,11 @@ class DeploymentStatus:
     errors: list[str] = field(default_factory=list)
 
     @property
+    def deployed(self) -> bool:
+        """Whether anything of the deployment is in the kernel (False: never applied, or destroyed)."""
+        return any(x.state != "missing" for x in [*self.programs, *self.maps, *self.attachments])
+
+    @property
     def healthy(self) -> bool:
         return all(x.state == "in sync" for x in [*self.programs, *self.maps, *self.attachments]) \
             and not self.extra and not self.errors
@@ -123,7 +128,8 @@ class DeploymentStatus:
     def to_json(self) -> dict:
         from dataclasses import asdict
 
-        return {"deployment": self.name, "pin_root": self.pin_root, "healthy": self.healthy, "summary": self.counts(),
+        return {"deployment": self.name, "pin_root": self.pin_root, "healthy": self.healthy, "deployed": self.deployed,
+                "summary": self.counts(),
                 "stats_window_seconds": self.stats_window,
                 "programs": [asdict(p) for p in self.programs], "maps": [asdict(m) for m in self.maps],
                 "attachments": [asdict(a) for a in self.attachments], "not_in_manifest": self.extra,

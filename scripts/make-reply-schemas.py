@@ -148,7 +148,7 @@ s("status", "bpfdeploy status FILE --json", reply({
                                                               "hook": {"type": "string"}, "state": STATE_ENUM}}},
     "not_in_manifest": STR_LIST, "conflicts": STR_LIST,
     "errors": {**STR_LIST, "description": "Errors that stop every plan (a symlink or a pin the record does not list in the pin root, an overlapping pin root): states are unknown until they are fixed."}},
-    ["deployment", "pin_root", "healthy", "summary", "programs", "maps", "attachments", "not_in_manifest",
+    ["deployment", "pin_root", "healthy", "deployed", "summary", "programs", "maps", "attachments", "not_in_manifest",
      "conflicts"]))
 
 s("status-list", "bpfdeploy status --json (every deployment on the host)", reply({
@@ -163,13 +163,17 @@ s("dump", "bpfdeploy dump DEPLOYMENT MAP --json", reply({
     "entries": {"type": "array", "items": {"type": "object"}}}, ["deployment", "map", "entries"]))
 
 s("probe-features", "bpfdeploy probe features --json (sections cut down by --program-types, --map-types, --helpers, --config)",
-  reply({"kernel": {"type": "string"}, "probed_at": {"type": ["number", "string"]}, "from_cache": {"type": "boolean"},
+  reply({"format": {"type": ["string", "integer"], "description": "the probe cache's own format"},
+         "kernel": {"type": "object", "required": ["release"],
+                    "properties": {"release": {"type": "string"},
+                                   "version": {"type": ["array", "null"], "items": {"type": "integer"}}}},
+         "probed_at": {"type": "string"}, "from_cache": {"type": "boolean"},
          "program_types": {"type": "object"}, "map_types": {"type": "object"}, "helpers": {"type": "object"},
          "unreliable": {"type": "array", "items": {"type": "object", "required": ["subject"]}}},
-        ["kernel", "probed_at", "from_cache", "unreliable"]))
+        ["format", "kernel", "probed_at", "from_cache", "unreliable"]))
 
 s("probe-check", "bpfdeploy probe check FILE --json", reply({
-    "fits": {"type": "boolean"}, "kernel": {"type": "string"}, "probed_at": {"type": ["number", "string"]},
+    "fits": {"type": "boolean"}, "kernel": {"type": "string"}, "probed_at": {"type": "string"},
     "from_cache": {"type": "boolean"}, "diagnostics": DIAGS}, ["fits", "kernel", "probed_at", "from_cache", "diagnostics"]))
 
 s("error", "Any command's --json reply when it fails (exit code 1, 4, ...)", reply({

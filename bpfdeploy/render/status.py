@@ -57,7 +57,7 @@ def status_table(s):
     from rich.console import Group
 
     parts = []
-    health = "[green]in sync[/]" if s.healthy else "[yellow]drifted[/]"
+    health = "[green]in sync[/]" if s.healthy else "[yellow]drifted[/]" if s.deployed else "[red]not deployed[/]"
     parts.append(f"[bold]Deployment[/] [cyan]{escape(s.name)}[/] ({escape(s.pin_root)}): {health}")
     progs = _table("Programs", "program", "id", "type", "attached to", "state", "loaded at")
     if s.stats_window is not None:

@@ -280,3 +280,49 @@ def test_without_bpffs_plan_says_it_will_be_mounted_instead_of_reporting_conflic
     assert subprocess.run(["stat", "-f", "-c", "%T", "/sys/fs/bpf"], capture_output=True,
                           text=True).stdout.strip() == "bpf_fs"  # ours was never unmounted
     assert not [a for a in sandbox.cli_json("plan", manifest)["actions"] if a["action"] != "no-op"]
+
+
+def test_status_of_a_manifest_never_applied_says_not_deployed(sandbox):
+    from tests.reply_schemas import check_reply
+
+    manifest = sandbox.example("cgroup-counters.yaml")
+    proc = sandbox.cli("status", manifest, check=False)
+    assert proc.returncode == 3 and "not deployed" in proc.stdout and "drifted" not in proc.stdout
+    reply = json.loads(sandbox.cli("status", manifest, "--json", check=False).stdout)
+    check_reply("status", reply)
+    assert reply["deployed"] is False and reply["healthy"] is False
+    sandbox.cli("apply", manifest)
+    reply = sandbox.cli_json("status", manifest)
+    check_reply("status", reply)
+    assert reply["deployed"] is True and reply["healthy"] is True
+    (Path(reply["pin_root"]) / "links").iterdir().__next__().unlink()  # one link gone: drifted, still deployed
+    proc = sandbox.cli("status", manifest, check=False)
+    assert proc.returncode == 3 and "drifted" in proc.stdout
+
+
+def test_every_commands_json_reply_matches_its_schema(sandbox):
+    from tests.reply_schemas import check_reply
+
+    manifest = sandbox.example("connect-policy.yaml")
+    name = yaml.safe_load(manifest.read_text())["name"]
+    check_reply("plan", sandbox.cli_json("plan", manifest))
+    applied = sandbox.cli_json("apply", manifest)
+    check_reply("apply", applied)
+    assert applied["applied"] is True and applied["mutations"] > 0
+    check_reply("apply", sandbox.cli_json("apply", manifest, "--check"))
+    check_reply("status", sandbox.cli_json("status", manifest))
+    listing = sandbox.cli_json("status")
+    check_reply("status-list", listing)
+    assert name in [d["name"] for d in listing["deployments"]]
+    dump = sandbox.cli_json("dump", name, "port_rewrites")
+    check_reply("dump", dump)
+    assert dump["entries"]
+    check_reply("probe-features", sandbox.cli_json("probe", "features"))
+    check_reply("probe-features", sandbox.cli_json("probe", "features", "--program-types"))
+    check_reply("probe-check", sandbox.cli_json("probe", "check", manifest))
+    missing = sandbox.cli("dump", name, "no_such_map", "--json", check=False)
+    assert missing.returncode == 1
+    check_reply("error", json.loads(missing.stdout))
+    destroyed = sandbox.cli_json("destroy", manifest)
+    check_reply("apply", destroyed)
+    assert destroyed["applied"] is True
