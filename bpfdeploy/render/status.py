@@ -26,6 +26,15 @@ def fit(wide: bool = False) -> None:
         out.soft_wrap = False  # lines of text (the status header) wrap at the terminal's width too
 
 
+def _keep(table: Table, column: int, values, cap: int = 24) -> None:
+    """A column of names is never narrower than its longest name (up to CAP): short identifiers
+    stay whole, and what wraps is the long text (paths, hooks)."""
+    longest = max((len(v) for v in values), default=0)
+    # Never more than twice a fair share of the width: rich crops a table whose minimum widths do not fit.
+    share = 2 * (out.width - 3 * len(table.columns) - 1) // len(table.columns)
+    table.columns[column].min_width = max(1, min(cap, share, max(longest, len(str(table.columns[column].header)))))
+
+
 def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
     # overflow="fold": a cell too long for its column continues on the next line (rich's default,
     # "ellipsis", would cut deployment names and paths short).
@@ -40,8 +49,7 @@ def deployments(items) -> None:
         out.print("No bpfdeploy deployments on this host.")
         return
     table = _table("Deployments", "name", "pin root", "programs", "links", "maps", "manifest")
-    # A name up to 32 characters keeps a line of its own; paths are what wraps first.
-    table.columns[0].min_width = min(32, max(len(d.name) for d in items))
+    _keep(table, 0, [d.name for d in items], cap=32)  # paths are what wraps first
     for d in items:
         table.add_row(escape(d.name), escape(d.pin_root) + ("" if d.exists else " [red](missing)[/]"),
                       str(d.programs), str(d.links), str(d.maps), escape(d.manifest or "?"))
@@ -60,6 +68,8 @@ def status_table(s):
     health = "[green]in sync[/]" if s.healthy else "[yellow]drifted[/]" if s.deployed else "[red]not deployed[/]"
     parts.append(f"[bold]Deployment[/] [cyan]{escape(s.name)}[/] ({escape(s.pin_root)}): {health}")
     progs = _table("Programs", "program", "id", "type", "attached to", "state", "loaded at")
+    _keep(progs, 0, [p.name for p in s.programs])
+    _keep(progs, 2, [p.type for p in s.programs], cap=18)
     if s.stats_window is not None:
         progs.add_column(f"runs ({s.stats_window:g} s)", justify="right", overflow="fold")
         progs.add_column("avg run time", justify="right", overflow="fold")
@@ -73,12 +83,14 @@ def status_table(s):
         progs.add_row(*row)
     parts.append(progs)
     maps = _table("Maps", "map", "id", "geometry", "entries", "state")
+    _keep(maps, 0, [m.name for m in s.maps])
     for m in s.maps:
         maps.add_row(escape(m.name), str(m.id or "-"), m.geometry, str(m.entries if m.entries is not None else "-"),
                      f"[{COLOR.get(m.state, 'white')}]{m.state}[/]" + (f"\n[dim]{escape(m.reason)}[/]" if m.reason else ""))
     parts.append(maps)
     if s.attachments:
         atts = _table("Attachments", "attachment", "program", "hook", "state")
+        _keep(atts, 1, [a.program for a in s.attachments])
         for a in s.attachments:
             atts.add_row(escape(a.name), escape(a.program), escape(a.hook),
                          f"[{COLOR.get(a.state, 'white')}]{a.state}[/]" + (f"\n[dim]{escape(a.reason)}[/]" if a.reason else ""))

@@ -115,3 +115,42 @@ t bpfdeploy status cgroup-co
 """
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=REPO / "manifests").stdout
     assert out.splitlines() == ["graph", "--detailed-exitcode", "features check", "cgroup-counters.yaml"]
+
+
+def test_status_tables_fold_long_cells_and_never_crop_at_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from bpfdeploy.render import status as view
+    from bpfdeploy.status import AttachmentStatus, DeploymentStatus, MapStatus, ProgramStatus
+
+    long_name = "p" * 40
+    cgroup = "/sys/fs/cgroup/unified/" + "c" * 60
+    s = DeploymentStatus("d" * 63, "/sys/fs/bpf/bpfdeploy/" + "d" * 63,
+                         programs=[ProgramStatus(long_name, 413726, "cgroup_sock_addr", (f"connect4 on {cgroup}",),
+                                                 "in sync", "", 0, None, None)],
+                         maps=[MapStatus("m" * 30, 7, "hash key 4B value 4B max_entries 64 flags 0x0", 1, "in sync",
+                                         "")],
+                         attachments=[AttachmentStatus("a" * 70, long_name, f"connect4 on cgroup {cgroup}", "in sync",
+                                                       "")])
+    saved = view.out
+    try:
+        view.out = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None, soft_wrap=False)
+        view.out.print(view.status_table(s))
+        text = view.out.file.getvalue()
+    finally:
+        view.out = saved
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in text
+    columns: dict[tuple[int, int], str] = {}  # (table, column) -> the column's text, lines joined
+    table = 0
+    for line in lines:
+        if line.startswith("┏"):
+            table += 1
+        if line.startswith("│"):
+            for i, cell in enumerate(line.strip("│").split("│")):
+                columns[(table, i)] = columns.get((table, i), "") + cell.strip()
+    for ident in (long_name, "c" * 60, "m" * 30, "a" * 70, "cgroup_sock_addr"):
+        assert any(ident in col for col in columns.values()), ident  # whole, folded over lines
+    assert sum(line.count("┃") for line in lines if "program" in line) >= 7  # all six columns kept
