@@ -16,7 +16,7 @@ from rich.table import Table
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.probe import Features
 
-out = Console(highlight=False)
+out = Console(highlight=False)  # tables fold long cells (overflow="fold"): never an ellipsis
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PROGRAM_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -90,8 +90,8 @@ def _title(text: str) -> str:
 
 def _system(f: Features, console: Console) -> None:
     t = Table(title=_title("System configuration"), title_justify="left", show_header=False, box=None, padding=(0, 2))
-    t.add_column(style="bold")
-    t.add_column()
+    t.add_column(style="bold", overflow="fold")
+    t.add_column(overflow="fold")
     v = f.versions
     t.add_row("kernel", escape(f.kernel_release or "unknown"))
     bpftool = v.bpftool or "unknown"
@@ -127,10 +127,10 @@ def _mount(f: Features, where: str | None, console: Console, hint: str) -> str:
 
 def _program_types(f: Features, console: Console) -> None:
     t = Table(title=_title("Program types") + "  [dim](bpftool feature probe)[/]", title_justify="left")
-    t.add_column("group", style="bold")
-    t.add_column("program type")
-    t.add_column("available")
-    t.add_column("notes")
+    t.add_column("group", style="bold", overflow="fold")
+    t.add_column("program type", overflow="fold")
+    t.add_column("available", overflow="fold")
+    t.add_column("notes", overflow="fold")
     grouped = {name for _g, names in PROGRAM_GROUPS for name in names}
     extra = tuple(n for n in f.all_program_types() if n not in grouped)
     groups = PROGRAM_GROUPS[:-1] + ((PROGRAM_GROUPS[-1][0], PROGRAM_GROUPS[-1][1] + extra),)
@@ -160,9 +160,9 @@ def _attach_notes(f: Features, console: Console) -> None:
         return
     t = Table(title=_title("Attaching") + "  [dim](not covered by bpftool; checked by bpfdeploy)[/]",
               title_justify="left")
-    t.add_column("hook")
-    t.add_column("possible")
-    t.add_column("evidence")
+    t.add_column("hook", overflow="fold")
+    t.add_column("possible", overflow="fold")
+    t.add_column("evidence", overflow="fold")
     for n in f.attach_notes:
         t.add_row(escape(n.name), mark(n.available, console), escape(n.evidence))
     console.print(t)
@@ -197,8 +197,8 @@ def _grid(title: str, header: tuple[str, str], cells: list[tuple[str, str]], con
     """(name, value) pairs in per_row column pairs, filled column by column (reads top to bottom)."""
     t = Table(title=title, title_justify="left")
     for _ in range(per_row):
-        t.add_column(header[0])
-        t.add_column(header[1])
+        t.add_column(header[0], overflow="fold")
+        t.add_column(header[1], overflow="fold")
     rows = (len(cells) + per_row - 1) // per_row
     for r in range(rows):
         row: list[str] = []

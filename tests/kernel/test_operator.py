@@ -326,3 +326,9 @@ def test_every_commands_json_reply_matches_its_schema(sandbox):
     destroyed = sandbox.cli_json("destroy", manifest)
     check_reply("apply", destroyed)
     assert destroyed["applied"] is True
+
+
+def test_probe_tables_fit_80_columns_without_an_ellipsis(sandbox):
+    shown = _on_a_terminal(sandbox, ["probe", "features"])
+    assert "Program types" in shown and "sock_ops" in shown
+    assert "…" not in shown and max(len(line) for line in shown.splitlines()) <= 80
