@@ -118,29 +118,26 @@ t bpfdeploy status cgroup-co
 
 
 def test_status_tables_fold_long_cells_and_never_crop_at_80_columns():
-    import io
-
-    from rich.console import Console
-
-    from bpfdeploy.render import status as view
-    from bpfdeploy.status import AttachmentStatus, DeploymentStatus, MapStatus, ProgramStatus
-
-    long_name = "p" * 40
-    cgroup = "/sys/fs/cgroup/unified/" + "c" * 60
-    s = DeploymentStatus("d" * 63, "/sys/fs/bpf/bpfdeploy/" + "d" * 63,
-                         programs=[ProgramStatus(long_name, 413726, "cgroup_sock_addr", (f"connect4 on {cgroup}",),
-                                                 "in sync", "", 0, None, None)],
-                         maps=[MapStatus("m" * 30, 7, "hash key 4B value 4B max_entries 64 flags 0x0", 1, "in sync",
-                                         "")],
-                         attachments=[AttachmentStatus("a" * 70, long_name, f"connect4 on cgroup {cgroup}", "in sync",
-                                                       "")])
-    saved = view.out
-    try:
-        view.out = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None, soft_wrap=False)
-        view.out.print(view.status_table(s))
-        text = view.out.file.getvalue()
-    finally:
-        view.out = saved
+    # In a process of its own: render.human binds its streams at import, which pytest's capture
+    # would otherwise hand to every later test.
+    code = """
+import io
+from rich.console import Console
+from bpfdeploy.render import status as view
+from bpfdeploy.status import AttachmentStatus, DeploymentStatus, MapStatus, ProgramStatus
+long_name, cgroup = "p" * 40, "/sys/fs/cgroup/unified/" + "c" * 60
+s = DeploymentStatus("d" * 63, "/sys/fs/bpf/bpfdeploy/" + "d" * 63,
+                     programs=[ProgramStatus(long_name, 413726, "cgroup_sock_addr", (f"connect4 on {cgroup}",),
+                                             "in sync", "", 0, None, None)],
+                     maps=[MapStatus("m" * 30, 7, "hash key 4B value 4B max_entries 64 flags 0x0", 1, "in sync", "")],
+                     attachments=[AttachmentStatus("a" * 70, long_name, f"connect4 on cgroup {cgroup}", "in sync", "")])
+view.out = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None, soft_wrap=False)
+view.out.print(view.status_table(s))
+print(view.out.file.getvalue(), end="")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text, long_name = proc.stdout, "p" * 40
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 80 and "…" not in text
     columns: dict[tuple[int, int], str] = {}  # (table, column) -> the column's text, lines joined
