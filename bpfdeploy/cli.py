@@ -327,6 +327,8 @@ def _validate_one(args, manifest: Path) -> tuple[int, dict]:
 def cmd_plan(args) -> int:
     if args.out and len(args.manifest) > 1:
         _usage(args, "--out saves the plan of one manifest")
+    if args.out and any(str(m) == "-" for m in args.manifest):
+        _usage(args, "--out needs a manifest file: a saved plan names the manifest apply reads again")
     return _each(args, _plan_one)
 
 

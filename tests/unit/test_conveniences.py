@@ -151,3 +151,11 @@ print(view.out.file.getvalue(), end="")
     for ident in (long_name, "c" * 60, "m" * 30, "a" * 70, "cgroup_sock_addr"):
         assert any(ident in col for col in columns.values()), ident  # whole, folded over lines
     assert sum(line.count("┃") for line in lines if "program" in line) >= 7  # all six columns kept
+
+
+def test_usage_errors_of_several_manifests_and_stdin_exit_64(tmp_path):
+    good = REPO / "manifests" / "cgroup-counters.yaml"
+    assert _cli("plan", good, good, "--out", tmp_path / "p.json").returncode == 64
+    assert _cli("plan", "-", "--out", tmp_path / "p.json", input="").returncode == 64
+    assert _cli("validate", "-", "-", input="").returncode == 64
+    assert _cli("metrics", "--all", tmp_path, good).returncode == 64
