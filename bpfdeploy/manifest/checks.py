@@ -529,7 +529,7 @@ def _library(raw, where, text, problems: list, must_exist: bool) -> tuple[bool, 
     from bpfdeploy.libraries import looks_like_library_name, resolve_library
 
     if not isinstance(text, str) or not looks_like_library_name(text) \
-            or _is(Path.exists, raw.path.resolve().parent / text):
+            or _is(Path.exists, raw.base / text):
         return False, None
     found = resolve_library(text)
     if found is None:
