@@ -74,6 +74,9 @@ def _key(manifest: Path, cache: Path, variant: bytes = b"") -> Path:
     return cache / "prepared" / f"{digest.hexdigest()}.pickle"
 
 
+LD_SO_CACHE = "/etc/ld.so.cache"
+
+
 def _inputs(prepared) -> list[str]:
     from bpfdeploy.build import VMLINUX_BTF, local_headers
     from bpfdeploy.manifest.paths import SCHEMA_PATH
@@ -91,6 +94,8 @@ def _inputs(prepared) -> list[str]:
     files += [str(b.path) for b in prepared.built.values()]
     if _uses_names(prepared.manifest):  # owner and group names were resolved through these
         files += ["/etc/passwd", "/etc/group"]
+    if any(att.binary is not None for att in prepared.manifest.attachments):
+        files.append(LD_SO_CACHE)  # a uprobe `binary: libc` was resolved through it (libraries.py)
     import shutil
 
     clang = shutil.which("clang")

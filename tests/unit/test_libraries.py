@@ -35,3 +35,17 @@ def test_paths_are_not_library_names():
     assert looks_like_library_name("libc") and looks_like_library_name("libssl.so.3")
     assert not looks_like_library_name("./libc") and not looks_like_library_name("/lib/x86_64-linux-gnu/libc.so.6")
     assert not looks_like_library_name("target")
+
+
+def test_the_prepared_cache_stamps_the_linker_cache_when_a_uprobe_names_a_binary():
+    from types import SimpleNamespace
+
+    from bpfdeploy import prepared_cache
+
+    def prepared(binary):
+        att = SimpleNamespace(binary=binary, cgroup=None)
+        manifest = SimpleNamespace(objects=(), attachments=(att,), pin_root_access=None, maps=(), programs=())
+        return SimpleNamespace(manifest=manifest, built={})
+
+    assert prepared_cache.LD_SO_CACHE in prepared_cache._inputs(prepared(Path("/lib/x86_64-linux-gnu/libc.so.6")))
+    assert prepared_cache.LD_SO_CACHE not in prepared_cache._inputs(prepared(None))
