@@ -361,7 +361,7 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
         p = planned.plan
         if p.errors or check or not p.pending:
             return Applied(planned, None, destroy)
-        from bpfdeploy.kernel.apply import apply, ensure_bpffs
+        from bpfdeploy.kernel.apply import StepHooks, apply, ensure_bpffs
 
         ensure_bpffs()
         if p.mounts:
@@ -374,7 +374,7 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
             if p.errors or not p.changes:
                 return Applied(planned, None, destroy)
         result = apply(p, prepared.desired, planned.live, destroy=destroy, on_step=on_step,
-                       manifest_file=str(source.resolve()))
+                       manifest_file=str(source.resolve()), hooks=StepHooks.from_environment())
         return Applied(planned, result, destroy)
 
 

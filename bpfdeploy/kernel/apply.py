@@ -23,6 +23,7 @@ from bpfdeploy.diagnostics import ApplyError, KernelError
 from bpfdeploy.load_errors import load_failure_message, name_in_log
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
+from bpfdeploy.kernel.door import Kernel, real_dir
 from bpfdeploy.kernel.live import LiveState
 from bpfdeploy.plan import (STAGING_SUFFIX, Action, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Plan, Qdisc,
                             Resource, TcFilter, TcFilterRemoval, WriteEntries, XdpTakeover)
@@ -56,19 +57,41 @@ class _Undo:
         return failures
 
 
+@dataclass(frozen=True, slots=True)
+class StepHooks:
+    """Test hooks: fail at the step of one address, or pause before it so that a test can kill the
+    process there. Read from the environment by the caller (workflow), never inside apply."""
+
+    fail_at: str | None = None
+    pause_at: str | None = None
+    pause_file: str = "/dev/null"
+    pause_seconds: float = 60
+
+    @classmethod
+    def from_environment(cls) -> StepHooks | None:
+        env = os.environ
+        if "BPFDEPLOY_FAIL_AT" not in env and "BPFDEPLOY_PAUSE_AT" not in env:
+            return None
+        return cls(env.get("BPFDEPLOY_FAIL_AT"), env.get("BPFDEPLOY_PAUSE_AT"),
+                   env.get("BPFDEPLOY_PAUSE_FILE", "/dev/null"), float(env.get("BPFDEPLOY_PAUSE_SECONDS", "60")))
+
+
 def apply(plan: Plan, desired: DesiredState, live: LiveState, *, destroy: bool = False,
           state_dir: Path | None = None, on_step: Callable[[Action], None] | None = None,
-          manifest_file: str = "") -> ApplyResult:
-    """Make the kernel match the plan. Raises ApplyError after rolling back on failure."""
+          manifest_file: str = "", kernel: Kernel | None = None, hooks: StepHooks | None = None) -> ApplyResult:
+    """Make the kernel match the plan. Raises ApplyError after rolling back on failure.
+
+    ``kernel``: the door to the kernel (a fake in unit tests); ``hooks``: test hooks."""
     if plan.errors:
         raise ApplyError("the plan has errors; nothing was changed")
     result = ApplyResult()
     if not plan.changes:
         return result
-    run = _Run(plan, desired, live, result, state_dir, on_step)
+    run = _Run(plan, desired, live, result, state_dir, on_step, kernel or Kernel(), hooks or StepHooks())
     try:
         run.execute()
     except BaseException as exc:
+        result.mutations = run.k.mutations
         failures = run.undo.run()
         run.close()
         if not failures:  # everything was undone: what the journal noted no longer exists
@@ -81,14 +104,16 @@ def apply(plan: Plan, desired: DesiredState, live: LiveState, *, destroy: bool =
     run.close()
     run.commit_deletes()
     run.write_record(destroy, manifest_file)
+    result.mutations = run.k.mutations
     return result
 
 
 class _Run:
     def __init__(self, plan: Plan, desired: DesiredState, live: LiveState, result: ApplyResult,
-                 state_dir: Path | None, on_step):
+                 state_dir: Path | None, on_step, kernel: Kernel, hooks: StepHooks):
         self.plan, self.d, self.live, self.result = plan, desired, live, result
         self.state_dir, self.on_step = state_dir, on_step
+        self.k = kernel  # every change to the kernel goes through it (kernel/door.py)
         self.undo = _Undo()
         self.current = ""
         self.fds: list[int] = []
@@ -110,23 +135,18 @@ class _Run:
         self.journal = Journal(desired.name, state_dir)
         self.skipped: set[str] = set()  # optional attachments that failed in this run
         self.link_fds: dict[str, int] = {}  # attachment name -> fd of its link (anchors of ordered links)
-        # Test hooks (fail at a step, or pause there so a test can kill the process), read once.
-        self.fail_at = os.environ.get("BPFDEPLOY_FAIL_AT")
-        self.pause_at = os.environ.get("BPFDEPLOY_PAUSE_AT")
+        self.hooks = hooks
 
     # -- bookkeeping
     def _fd(self, fd: int) -> int:
         self.fds.append(fd)
         return fd
 
-    def _mut(self) -> None:
-        self.result.mutations += 1
-
     def close(self) -> None:
         self.journal.close()
         for fd in self.fds:
             try:
-                os.close(fd)
+                self.k.close(fd)
             except OSError:
                 pass
         self.fds = []
@@ -146,13 +166,13 @@ class _Run:
         if self.on_step:
             self.on_step(action)
         # Test hooks: fail at a step, or stop before it so that a test can kill the process there.
-        if self.fail_at == action.address:
+        if self.hooks.fail_at == action.address:
             raise KernelError(f"injected failure (BPFDEPLOY_FAIL_AT={action.address})")
-        if self.pause_at == action.address:
-            Path(os.environ.get("BPFDEPLOY_PAUSE_FILE", "/dev/null")).touch()
+        if self.hooks.pause_at == action.address:
+            Path(self.hooks.pause_file).touch()
             import time
 
-            time.sleep(float(os.environ.get("BPFDEPLOY_PAUSE_SECONDS", "60")))
+            time.sleep(self.hooks.pause_seconds)
 
     def _done(self, action: Action) -> None:
         self.result.done.append(f"{action.kind.value} {action.address}")
@@ -168,8 +188,7 @@ class _Run:
             if isinstance(a.payload, Cleanup):
                 self._step(a)
                 confined(self.d.pin_root, a.live_pin)
-                os.unlink(a.live_pin)  # garbage of a killed apply: nothing to undo
-                self._mut()
+                self.k.unlink(a.live_pin)  # garbage of a killed apply: nothing to undo
                 self._done(a)
                 continue
             if a.kind is Kind.DELETE:
@@ -185,9 +204,8 @@ class _Run:
             if os.path.dirname(final) == str(self.d.pin_root / "links") and os.path.lexists(final):
                 # The old link leaves its hook now, not when the kernel frees it after losing its
                 # pin: a plan made right after sees the chain as it is (an ordered link moved).
-                _detach_now(final)
-            os.rename(staged, final)
-            self._mut()
+                self._detach_now(final)
+            self.k.rename(staged, final)
         self.renames.clear()
         self.undo.steps.clear()  # committed: from here on nothing is rolled back
         self.current = ""
@@ -209,27 +227,23 @@ class _Run:
 
     def _make_dirs(self, root: Path, chain: list[Path]) -> None:
         for path in chain:
-            if _real_dir(path):  # never p.exists(): that follows a symlink out of the pin root
+            if self.k.real_dir(path):  # never p.exists(): that follows a symlink out of the pin root
                 continue
             self.current = f"create directory {path}"
             if path not in (root, *(root / sub for sub in ("maps", "progs", "links"))):
                 self._journal({"dir": str(path)})  # above the pin root: destroy removes only what apply made
                 self.created_dirs.add(str(path))
-            os.mkdir(path)
-            self._mut()
-            self.undo.push(f"rmdir {path}", lambda p=path: (_rmdir_if_there(p), self.created_dirs.discard(str(p))))
+            self.k.mkdir(path)
+            self.undo.push(f"rmdir {path}", lambda p=path: (self._rmdir_if_there(p), self.created_dirs.discard(str(p))))
             if self.d.pin_root_access is not None and (path == root or path.parent == root):
                 self._set_access(str(path), self.d.pin_root_access)
 
     def _set_access(self, path: str, access) -> None:
         """chown/chmod a new pin or directory as the manifest asks (its removal undoes it)."""
         if access.uid is not None or access.gid is not None:
-            os.chown(path, -1 if access.uid is None else access.uid, -1 if access.gid is None else access.gid,
-                     follow_symlinks=False)
-            self._mut()
+            self.k.chown(path, -1 if access.uid is None else access.uid, -1 if access.gid is None else access.gid)
         if access.mode is not None:
-            os.chmod(path, access.mode)
-            self._mut()
+            self.k.chmod(path, access.mode)
 
     def _access(self, a: Action) -> None:
         """Fix the owner, group or mode of an existing pin; undo puts the old ones back."""
@@ -241,8 +255,8 @@ class _Run:
         self._set_access(path, a.desired)
 
         def put_back(p=path, uid=st.st_uid, gid=st.st_gid, mode=st.st_mode & 0o7777) -> None:
-            os.chown(p, uid, gid, follow_symlinks=False)
-            os.chmod(p, mode)
+            self.k.chown(p, uid, gid)
+            self.k.chmod(p, mode)
         self.undo.push(f"restore owner and mode of {path}", put_back)
         self._done(a)
 
@@ -254,9 +268,8 @@ class _Run:
         missing = [p for p in [*reversed(path.parents), path] if not p.exists()]
         for p in missing:  # parents too: each is recorded, so destroy removes them all
             self._journal({"cgroup": str(p)})
-            os.mkdir(p)
-            self._mut()
-            self.undo.push(f"rmdir {p}", lambda p=p: os.rmdir(p))
+            self.k.mkdir(p)
+            self.undo.push(f"rmdir {p}", lambda p=p: self.k.rmdir(p))
             self.created_cgroups.add(str(p))
         self._done(a)
 
@@ -269,7 +282,7 @@ class _Run:
             new: NewMap = a.payload
             user = self.d.program(new.loader)
             try:
-                loaded = libbpf.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
+                loaded = self.k.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
             except KernelError as exc:
                 failure, message = load_failure_message(user.object, user.origin, exc)
                 outer = dict(user.maps).get(failure.item) if failure.item_kind == "map" else None
@@ -277,38 +290,35 @@ class _Run:
                     self.current = f"{a.kind.value} map/{outer}"
                 raise KernelError(message, exc.errno, name_in_log(exc.log, str(user.object_path), user.origin)) from None
             try:
-                fd = self._fd(os.dup(loaded.map_fds[new.inner]))
+                fd = self._fd(self.k.dup(loaded.map_fds[new.inner]))
             finally:
                 loaded.close()  # an open object keeps its ELF and BTF in memory: close it at once
             target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
             self._own(target, str(m.pin))
-            libbpf.obj_pin(fd, target)
-            self._mut()
-            self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+            self.k.obj_pin(fd, target)
+            self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
             if m.access is not None:
                 self._set_access(target, m.access)
             if a.kind is Kind.REPLACE:
                 self.renames.append((target, str(m.pin)))
             self.map_fds[m.name] = fd
             for key, value in new.entries:
-                libbpf.map_update(fd, key, value)
-                self._mut()
+                self.k.map_update(fd, key, value)
         else:  # WriteEntries: write the entries that differ, remembering what was there
             writes: WriteEntries = a.payload
             fd = self._map_fd(m.name)
             for key, value in writes.entries:
-                old = libbpf.map_lookup(fd, key, m.geometry.value_size)
-                libbpf.map_update(fd, key, value)
-                self._mut()
+                old = self.k.map_lookup(fd, key, m.geometry.value_size)
+                self.k.map_update(fd, key, value)
                 if old is None:
-                    self.undo.push(f"delete entry of {m.name}", lambda k=key, f=fd: libbpf.map_delete(f, k))
+                    self.undo.push(f"delete entry of {m.name}", lambda k=key, f=fd: self.k.map_delete(f, k))
                 else:
-                    self.undo.push(f"restore entry of {m.name}", lambda k=key, v=old, f=fd: libbpf.map_update(f, k, v))
+                    self.undo.push(f"restore entry of {m.name}", lambda k=key, v=old, f=fd: self.k.map_update(f, k, v))
         self._done(a)
 
     def _map_fd(self, name: str) -> int:
         if name not in self.map_fds:
-            self.map_fds[name] = self._fd(libbpf.obj_get(str(self.d.map(name).pin)))
+            self.map_fds[name] = self._fd(self.k.obj_get(str(self.d.map(name).pin)))
         return self.map_fds[name]
 
     def _program(self, a: Action) -> None:
@@ -328,7 +338,7 @@ class _Run:
             self._step(a)
         reuse = {inner: self._map_fd(outer) for inner, outer in first.maps}
         try:
-            loaded = libbpf.load_object(str(first.object_path), str(self.d.pin_root),
+            loaded = self.k.load_object(str(first.object_path), str(self.d.pin_root),
                                         {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
                                          for a in group}, reuse, dict(first.globals))
         except KernelError as exc:
@@ -339,7 +349,7 @@ class _Run:
                 self.current = f"{culprit.kind.value} {culprit.address}"
             raise KernelError(message, exc.errno, name_in_log(exc.log, str(first.object_path), first.origin)) from None
         try:
-            fds = {a.desired.function: self._fd(os.dup(loaded.program_fds[a.desired.function])) for a in group}
+            fds = {a.desired.function: self._fd(self.k.dup(loaded.program_fds[a.desired.function])) for a in group}
         finally:
             loaded.close()  # the programs live on through the fds and pins
         for a in group:
@@ -347,30 +357,29 @@ class _Run:
             fd = fds[p.function]
             target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
             self._own(target, str(p.pin))
-            libbpf.obj_pin(fd, target)
-            self._mut()
-            self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+            self.k.obj_pin(fd, target)
+            self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
             if p.access is not None:
                 self._set_access(target, p.access)
             if a.kind is Kind.REPLACE:
                 self.renames.append((target, str(p.pin)))
             self.prog_pins[p.pin_name] = target
             self.prog_fds[p.pin_name] = fd
-            self.prog_ids[p.pin_name] = libbpf.prog_id(fd)
+            self.prog_ids[p.pin_name] = self.k.prog_id(fd)
             self.digests[str(self.prog_ids[p.pin_name])] = p.digest
             self._journal({"digest": [self.prog_ids[p.pin_name], p.digest]})
             self._done(a)
 
     def _prog_fd(self, pin_name: str) -> int:
         if pin_name not in self.prog_fds:
-            self.prog_fds[pin_name] = self._fd(libbpf.obj_get(str(self.d.program(pin_name).pin)))
+            self.prog_fds[pin_name] = self._fd(self.k.obj_get(str(self.d.program(pin_name).pin)))
         return self.prog_fds[pin_name]
 
     def _target_fd(self, a: DesiredAttachment) -> int:
         if a.kind is HookKind.SOCKMAP:
             return self._map_fd(a.target)
         flags = os.O_RDONLY | (os.O_DIRECTORY if a.kind is HookKind.CGROUP else 0)
-        return self._fd(os.open(a.target, flags))
+        return self._fd(self.k.open(a.target, flags))
 
     def _link_target(self, att: DesiredAttachment) -> str:
         from bpfdeploy.plan import link_target
@@ -379,18 +388,16 @@ class _Run:
 
     def _xdp_takeover(self, att: DesiredAttachment, old_pin: str) -> None:
         """Remove our old XDP link from the device (one XDP program per device); undo puts it back."""
-        link_fd = libbpf.obj_get(old_pin)
+        link_fd = self.k.obj_get(old_pin)
         try:
-            info = libbpf.link_info(link_fd)
-            old_prog = self._fd(libbpf.prog_fd_by_id(info.prog_id))  # keeps the old program alive for undo
+            info = self.k.link_info(link_fd)
+            old_prog = self._fd(self.k.prog_fd_by_id(info.prog_id))  # keeps the old program alive for undo
             ifindex = info.u0
             # Detach now: the kernel may free an unpinned link a moment later, and the device must be free.
-            libbpf.link_detach(link_fd)
-            self._mut()
+            self.k.link_detach(link_fd)
         finally:
-            os.close(link_fd)
-        os.unlink(old_pin)
-        self._mut()
+            self.k.close(link_fd)
+        self.k.unlink(old_pin)
         recorded = (self.live.record.link_targets.get(Path(old_pin).name, "") if self.live.record else "")
         mode = recorded.rpartition(" mode ")[2] if " mode " in recorded else ""
 
@@ -398,70 +405,65 @@ class _Run:
             from bpfdeploy.kernel import netns
 
             with netns.entered(att.netns):
-                fd = libbpf.link_create_flags(old_prog, ifindex, att.attach_type.value, libbpf.XDP_FLAGS.get(mode, 0))
+                fd = self.k.link_create(old_prog, ifindex, att.attach_type.value, libbpf.XDP_FLAGS.get(mode, 0))
             try:
-                libbpf.obj_pin(fd, old_pin)
+                self.k.obj_pin(fd, old_pin)
             finally:
-                os.close(fd)
+                self.k.close(fd)
         self.undo.push(f"put back the XDP link {old_pin}", put_back)
 
     def _make_link(self, att: DesiredAttachment, prog_fd: int) -> int:
         """A new bpf_link holding prog_fd on the attachment's hook (the caller pins it)."""
         at = att.attach_type
         if att.kind is HookKind.DEVICE:
-            import socket
-
             from bpfdeploy.kernel import netns
 
             placement = self._placement(att) if att.order is not None else None
             with netns.entered(att.netns):
-                ifindex = socket.if_nametoindex(att.device)
+                ifindex = self.k.if_nametoindex(att.device)
                 if placement is not None:  # tcx, at its place in the chain
-                    return libbpf.link_create_ordered(prog_fd, ifindex, at.value, *placement)
+                    return self.k.link_create_ordered(prog_fd, ifindex, at.value, *placement)
                 flags = libbpf.XDP_FLAGS.get(att.xdp_mode or "", 0)
-                return libbpf.link_create_flags(prog_fd, ifindex, at.value, flags)
+                return self.k.link_create(prog_fd, ifindex, at.value, flags)
         if att.kind is HookKind.TRACE:
             short = at.short[0]
             if short == "raw_tracepoint":
-                return libbpf.raw_tracepoint_open(att.trace_target, prog_fd)
+                return self.k.raw_tracepoint_open(att.trace_target, prog_fd)
             if short == "tp_btf":
-                return libbpf.raw_tracepoint_open(None, prog_fd)
+                return self.k.raw_tracepoint_open(None, prog_fd)
             if short == "iter":
-                return libbpf.link_create(prog_fd, 0, at.value)
+                return self.k.link_create(prog_fd, 0, at.value)
             perf_fd = self._perf_event(att)  # tracepoint, uprobe, kprobe
             try:
-                return libbpf.link_create(prog_fd, perf_fd, at.value)
+                return self.k.link_create(prog_fd, perf_fd, at.value)
             finally:
-                os.close(perf_fd)  # the link holds the perf event
+                self.k.close(perf_fd)  # the link holds the perf event
         if att.order is not None:  # a cgroup link at its place in the chain
-            return libbpf.link_create_ordered(prog_fd, self._target_fd(att), at.value, *self._placement(att))
-        return libbpf.link_create(prog_fd, self._target_fd(att), at.value)
+            return self.k.link_create_ordered(prog_fd, self._target_fd(att), at.value, *self._placement(att))
+        return self.k.link_create(prog_fd, self._target_fd(att), at.value)
 
     def _tcx_vacate(self, att: DesiredAttachment, prog_fd: int) -> None:
         """A tcx hook holds a program once (EEXIST): detach our old link of the same program before
         the new one is made at its place. Undo makes a link of it again, at the end of the chain."""
         try:
-            old = self._fd(libbpf.obj_get(str(att.pin)))
+            old = self._fd(self.k.obj_get(str(att.pin)))
         except KernelError:
             return
-        info = libbpf.link_info(old)
-        if info.prog_id != libbpf.prog_id(prog_fd):
+        info = self.k.link_info(old)
+        if info.prog_id != self.k.prog_id(prog_fd):
             return  # another program: both may be on the hook at once
-        libbpf.link_detach(old)
-        self._mut()
+        self.k.link_detach(old)
 
         def put_back() -> None:
-            import socket
-
             from bpfdeploy.kernel import netns
 
             with netns.entered(att.netns):
-                fd = libbpf.link_create_flags(prog_fd, socket.if_nametoindex(att.device), att.attach_type.value, 0)
+                fd = self.k.link_create(prog_fd, self.k.if_nametoindex(att.device), att.attach_type.value, 0)
             try:
-                os.unlink(att.pin)
-                libbpf.obj_pin(fd, str(att.pin))
+                self.k.unlink(att.pin)
+                self.k.obj_pin(fd, str(att.pin))
             finally:
-                os.close(fd)
+                self.k.close(fd)
         self.undo.push(f"put back the tcx link {att.name}", put_back)
 
     def _placement(self, att: DesiredAttachment) -> tuple[int, int]:
@@ -476,7 +478,7 @@ class _Run:
         fd = self.link_fds.get(att.order.anchor)
         if fd is None:
             anchor = next(a for a in self.d.attachments if a.name == att.order.anchor)
-            fd = self.link_fds[anchor.name] = self._fd(libbpf.obj_get(str(anchor.pin)))
+            fd = self.link_fds[anchor.name] = self._fd(self.k.obj_get(str(anchor.pin)))
         return flags | libbpf.BPF_F_LINK, fd
 
     def _perf_event(self, att: DesiredAttachment) -> int:
@@ -484,7 +486,7 @@ class _Run:
         if short == "tracepoint":
             tracefs = ensure_tracefs()
             tp_id = int((Path(tracefs) / "events" / att.trace_target / "id").read_text())
-            return libbpf.perf_event_open(2, tp_id)  # PERF_TYPE_TRACEPOINT
+            return self.k.perf_event_open(2, tp_id)  # PERF_TYPE_TRACEPOINT
         if short in ("uprobe", "uretprobe"):
             import ctypes
 
@@ -494,14 +496,14 @@ class _Run:
             offset = (symbol_offset(att.binary, att.symbol) if att.symbol else 0) + (att.offset or 0)
             path = ctypes.create_string_buffer(att.binary.encode())
             retprobe = 1 if short == "uretprobe" else 0  # format/retprobe is config:0
-            return libbpf.perf_event_open(pmu, retprobe, ctypes.addressof(path), offset, att.pid or -1)
+            return self.k.perf_event_open(pmu, retprobe, ctypes.addressof(path), offset, att.pid or -1)
         if short in ("kprobe", "kretprobe"):  # needs CONFIG_KPROBES: the plan refuses it where it is off
             import ctypes
 
             pmu = int(Path("/sys/bus/event_source/devices/kprobe/type").read_text())
             function = ctypes.create_string_buffer(att.trace_target.encode())
             retprobe = 1 if short == "kretprobe" else 0
-            return libbpf.perf_event_open(pmu, retprobe, ctypes.addressof(function), 0)
+            return self.k.perf_event_open(pmu, retprobe, ctypes.addressof(function), 0)
         raise KernelError(f"{short} cannot be attached on this kernel")
 
     def _tc(self, a: Action) -> None:
@@ -528,10 +530,7 @@ class _Run:
         self._journal({"legacy": vars_of(self.legacy[att.name])})
 
     def _tc_run(self, argv: list[str]) -> None:
-        from bpfdeploy.kernel import runner
-
-        result = runner.run(argv)
-        self._mut()
+        result = self.k.tc(argv)
         if result.returncode != 0:
             raise KernelError(f"{' '.join(argv)} failed: {result.error_text()}")
 
@@ -596,7 +595,7 @@ class _Run:
             self._step(a)
             self._prog_fd(att.program)
             if att.program not in self.prog_ids:
-                self.prog_ids[att.program] = libbpf.prog_id(self._prog_fd(att.program))
+                self.prog_ids[att.program] = self.k.prog_id(self._prog_fd(att.program))
             self._tc(a)
             self._done(a)
             return
@@ -608,12 +607,11 @@ class _Run:
         prog_fd = self._prog_fd(att.program)
         if not isinstance(a.payload, LegacyAttach):
             if a.kind is Kind.UPDATE:
-                link_fd = self._fd(libbpf.obj_get(str(att.pin)))
-                old_prog = libbpf.link_info(link_fd).prog_id
-                old_fd = self._fd(libbpf.prog_fd_by_id(old_prog))
-                libbpf.link_update(link_fd, prog_fd, old_fd)
-                self._mut()
-                self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: libbpf.link_update(l, o))
+                link_fd = self._fd(self.k.obj_get(str(att.pin)))
+                old_prog = self.k.link_info(link_fd).prog_id
+                old_fd = self._fd(self.k.prog_fd_by_id(old_prog))
+                self.k.link_update(link_fd, prog_fd, old_fd)
+                self.undo.push(f"move link {att.name} back", lambda l=link_fd, o=old_fd: self.k.link_update(l, o))
             else:
                 if isinstance(a.payload, XdpTakeover):
                     self._xdp_takeover(att, a.payload.holder_pin)
@@ -622,12 +620,10 @@ class _Run:
                     self._tcx_vacate(att, prog_fd)
                 link_fd = self._fd(self._make_link(att, prog_fd))
                 self.link_fds[att.name] = link_fd
-                self._mut()
                 target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
                 self._own(target, str(att.pin))
-                libbpf.obj_pin(link_fd, target)
-                self._mut()
-                self.undo.push(f"unpin {target}", lambda t=target: os.unlink(t))
+                self.k.obj_pin(link_fd, target)
+                self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
                 if a.kind is Kind.REPLACE:
                     self.renames.append((target, str(att.pin)))
         else:
@@ -636,22 +632,19 @@ class _Run:
             target_fd = self._target_fd(att)
             at = att.attach_type.value
             if a.kind is Kind.UPDATE and old is not None:
-                old_fd = self._fd(libbpf.prog_fd_by_id(old.prog_id))
+                old_fd = self._fd(self.k.prog_fd_by_id(old.prog_id))
                 replace_fd = old_fd if flags & libbpf.BPF_F_ALLOW_MULTI else None
-                libbpf.prog_attach(prog_fd, target_fd, at, flags, replace_fd)
-                self._mut()
-                self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(
+                self.k.prog_attach(prog_fd, target_fd, at, flags, replace_fd)
+                self.undo.push(f"reattach {att.name}", lambda: self.k.prog_attach(
                     old_fd, target_fd, at, flags, prog_fd if replace_fd is not None else None))
             else:
                 if legacy.detach_first:
                     # Only the flags change, and the kernel refuses mixed flags: detach first (a gap).
-                    old_fd = self._fd(libbpf.prog_fd_by_id(old.prog_id))
-                    libbpf.prog_detach(old_fd, target_fd, at)
-                    self._mut()
-                    self.undo.push(f"reattach {att.name}", lambda: libbpf.prog_attach(old_fd, target_fd, at, old.flags))
-                libbpf.prog_attach(prog_fd, target_fd, at, flags)
-                self._mut()
-                self.undo.push(f"detach {att.name}", lambda: libbpf.prog_detach(prog_fd, target_fd, at))
+                    old_fd = self._fd(self.k.prog_fd_by_id(old.prog_id))
+                    self.k.prog_detach(old_fd, target_fd, at)
+                    self.undo.push(f"reattach {att.name}", lambda: self.k.prog_attach(old_fd, target_fd, at, old.flags))
+                self.k.prog_attach(prog_fd, target_fd, at, flags)
+                self.undo.push(f"detach {att.name}", lambda: self.k.prog_detach(prog_fd, target_fd, at))
                 if legacy.retire is not None:
                     self.retired.append(legacy.retire)
             self.legacy[att.name] = LegacyAttachment(att.name, at, att.target, self.prog_ids[att.program], flags)
@@ -677,7 +670,7 @@ class _Run:
                         continue  # kept (it still holds filters): said in a warning
                 elif a.resource is Resource.CGROUP:
                     try:
-                        os.rmdir(a.live_pin)
+                        self.k.rmdir(a.live_pin)
                         self.created_cgroups.discard(a.live_pin)
                     except OSError as exc:
                         if exc.errno in (errno.EBUSY, errno.ENOTEMPTY):
@@ -691,12 +684,11 @@ class _Run:
                     # symlink put there since cannot send it (or the detach) outside the pin root.
                     confined(self.d.pin_root, a.live_pin)
                     if a.resource is Resource.ATTACHMENT:
-                        _detach_now(a.live_pin)
+                        self._detach_now(a.live_pin)
                     try:
-                        os.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
+                        self.k.unlink(a.live_pin)  # a link detaches, a program or map is freed when unused
                     except FileNotFoundError:
                         continue  # already gone (an XDP link taken over by its successor)
-                self._mut()
                 self._done(a)
             except (OSError, KernelError) as exc:
                 self.result.warnings.append(f"{self.current} failed: {exc}")
@@ -716,27 +708,26 @@ class _Run:
         old = what.old
         flags = os.O_RDONLY | os.O_DIRECTORY
         try:
-            target_fd = os.open(old.target, flags)
+            target_fd = self.k.open(old.target, flags)
         except FileNotFoundError:
             return
         try:
-            prog_fd = libbpf.prog_fd_by_id(old.prog_id)
+            prog_fd = self.k.prog_fd_by_id(old.prog_id)
         except KernelError:
-            os.close(target_fd)
+            self.k.close(target_fd)
             return
         try:
-            libbpf.prog_detach(prog_fd, target_fd, old.attach_type)
-            self._mut()
+            self.k.prog_detach(prog_fd, target_fd, old.attach_type)
         finally:
-            os.close(prog_fd)
-            os.close(target_fd)
+            self.k.close(prog_fd)
+            self.k.close(target_fd)
 
     def _delete_qdisc(self, target: str, q: Qdisc) -> bool:
         """Remove a clsact qdisc we added, unless filters (anyone's) are still on it.
 
         The filters are read again here, at the moment of deleting: another tool may have added
         one since the plan was made, and a qdisc holding its filter must stay."""
-        from bpfdeploy.kernel import netns, runner
+        from bpfdeploy.kernel import netns
         from bpfdeploy.kernel.live import parse_tc_filters
 
         device, ns = q.device, q.netns
@@ -745,7 +736,7 @@ class _Run:
             return False
         left = []
         for direction in ("ingress", "egress"):
-            result = runner.run(netns.command(["tc", "-j", "filter", "show", "dev", device, direction], ns))
+            result = self.k.tc_read(netns.command(["tc", "-j", "filter", "show", "dev", device, direction], ns))
             if result.returncode != 0:  # the device is gone, and its qdisc with it
                 self.created_qdiscs.discard(target)
                 return False
@@ -764,14 +755,12 @@ class _Run:
             path = root / sub
             if not keep and path.is_dir():
                 try:
-                    os.rmdir(path)
-                    self._mut()
+                    self.k.rmdir(path)
                 except OSError:
                     pass
         if not keep and root.is_dir():
             try:
-                os.rmdir(root)
-                self._mut()
+                self.k.rmdir(root)
             except OSError:
                 self.result.warnings.append(f"pin root {root} is not empty; it was kept")
         if keep:
@@ -782,8 +771,7 @@ class _Run:
             if Path(path) not in root.parents:
                 continue
             try:
-                os.rmdir(path)
-                self._mut()
+                self.k.rmdir(path)
                 self.created_dirs.discard(path)
             except FileNotFoundError:
                 self.created_dirs.discard(path)
@@ -817,6 +805,27 @@ class _Run:
                         created_dirs=tuple(sorted(self.created_dirs)))
         write_record(record, self.state_dir)
 
+    def _detach_now(self, link_pin: str) -> None:
+        """Detach a pinned link before its pin goes, so the hook is free when destroy returns (the kernel
+        may free an unpinned link a moment later). perf_event and raw_tp links cannot be detached this
+        way; removing their pin is enough."""
+        try:
+            fd = self.k.obj_get(link_pin)
+        except KernelError:
+            return
+        try:
+            self.k.link_detach(fd)
+        except KernelError:
+            pass
+        finally:
+            self.k.close(fd)
+
+    def _rmdir_if_there(self, path: Path) -> None:
+        try:
+            self.k.rmdir(path)
+        except FileNotFoundError:
+            pass
+
 
 def confined(root: Path, pin: str) -> None:
     """Raise KernelError unless pin is a file reached from root through real directories only.
@@ -832,7 +841,7 @@ def confined(root: Path, pin: str) -> None:
     current = root
     for part in (root, *path.relative_to(root).parts[:-1]):
         current = root if part is root else current / part
-        if not _real_dir(current):  # a symlink raises; a missing directory means the pin is gone too
+        if not real_dir(current):  # a symlink raises; a missing directory means the pin is gone too
             return
     try:
         st = os.lstat(pin)
@@ -842,45 +851,6 @@ def confined(root: Path, pin: str) -> None:
         raise KernelError(f"{pin} is a symlink: bpfdeploy removes only its own pins, never what a link points to")
 
 
-def _rmdir_if_there(path: Path) -> None:
-    try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        pass
-
-
-def _real_dir(path: Path) -> bool:
-    """True for a directory that is really there (not through a symlink); False if it is missing.
-
-    Anything else at the path (a symlink, a file) is refused: pinning through it would put pins
-    outside the pin root.
-    """
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        return True
-    what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
-    raise KernelError(f"{path} is {what}: bpfdeploy pins only into real directories of its pin root")
-
-
-def _detach_now(link_pin: str) -> None:
-    """Detach a pinned link before its pin goes, so the hook is free when destroy returns (the kernel
-    may free an unpinned link a moment later). perf_event and raw_tp links cannot be detached this
-    way; removing their pin is enough."""
-    try:
-        fd = libbpf.obj_get(link_pin)
-    except KernelError:
-        return
-    try:
-        libbpf.link_detach(fd)
-    except KernelError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def trial_load(first: DesiredProgram, programs: dict[str, tuple[int | None, int | None]]) -> dict[str, int]:

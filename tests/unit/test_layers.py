@@ -26,7 +26,8 @@ MUTATING_LIBBPF = {"load_object", "obj_pin", "link_create", "link_create_flags",
 # Words that make a bpftool, tc or ip command line a change rather than a read.
 MUTATING_WORDS = {"load", "loadall", "attach", "detach", "pin", "update", "delete", "create", "add", "replace",
                   "del", "change", "mount", "register", "unregister"}
-MAY_MUTATE = {"bpfdeploy/kernel/apply.py", "bpfdeploy/kernel/libbpf.py"}
+# apply.py changes the kernel only through kernel/door.py, which forwards to libbpf.py (and os, tc).
+MAY_MUTATE = {"bpfdeploy/kernel/apply.py", "bpfdeploy/kernel/door.py", "bpfdeploy/kernel/libbpf.py"}
 
 
 def _in(module: str, prefixes) -> bool:
