@@ -167,7 +167,9 @@ def test_the_boot_unit_command_puts_every_deployment_back_after_a_reboot(sandbox
     assert _udp(sandbox, a, b, [9], 3, listen=9) == 0  # dropped by the XDP program again
     assert _udp(sandbox, a, b, [10], 3, listen=10) == 3
     assert [(f["pref"], f["options"]["handle"]) for f in _tc_filters(a, dev)] == [(10, "0x1")]
-    assert map_values(root_tc / "maps" / "tc_stats")[0]["packets"] >= 6
+    # tc ingress sits behind XDP on the same device: the 3 datagrams to port 9 never reach it, the
+    # 3 to port 10 do (ARP and neighbour traffic may add more, or not: it depends on timing).
+    assert map_values(root_tc / "maps" / "tc_stats")[0]["packets"] >= 3
 
     # Idempotent: running it again changes nothing.
     again = subprocess.run(command + ["--json"], env=sandbox.env, capture_output=True, text=True, timeout=300)
