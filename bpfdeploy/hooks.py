@@ -46,7 +46,11 @@ def _at(value, name, short, kind, types, needs_expected=False, link_update=True,
 _C, _S, _N, _D, _T = HookKind.CGROUP, HookKind.SOCKMAP, HookKind.NETNS, HookKind.DEVICE, HookKind.TRACE
 BPF_PERF_EVENT, BPF_TRACE_RAW_TP, BPF_TRACE_ITER = 41, 23, 28
 BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE = 1, 2, 4  # legacy attach flags
-TC_INGRESS, TC_EGRESS = -1, -2  # not kernel attach types: tc filters on a clsact qdisc
+# Not kernel attach types: tc filters on a clsact qdisc have none, so the table gives them these
+# two pseudo values. They are written into deployment records (LegacyAttachment.attach_type), so
+# they stay as they are; every use goes through these names, never the numbers.
+TC_INGRESS, TC_EGRESS = -1, -2
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47  # the kernel's enum bpf_attach_type
 ADDR = ("cgroup_sock_addr",)
 
 ATTACH_TYPES: tuple[AttachType, ...] = (
@@ -84,8 +88,8 @@ ATTACH_TYPES: tuple[AttachType, ...] = (
     _at(52, "cgroup_unix_getpeername", ["getpeername_unix"], _C, ADDR, True),
     _at(53, "cgroup_unix_getsockname", ["getsockname_unix"], _C, ADDR, True),
     _at(37, "xdp", ["xdp"], _D, ["xdp"]),
-    _at(46, "tcx_ingress", ["tcx_ingress"], _D, ["sched_cls"]),
-    _at(47, "tcx_egress", ["tcx_egress"], _D, ["sched_cls"]),
+    _at(BPF_TCX_INGRESS, "tcx_ingress", ["tcx_ingress"], _D, ["sched_cls"]),
+    _at(BPF_TCX_EGRESS, "tcx_egress", ["tcx_egress"], _D, ["sched_cls"]),
     # A tc bpf filter takes classifiers only: the kernel refuses sched_act programs there (EINVAL).
     _at(TC_INGRESS, "tc_ingress", ["tc_ingress"], _D, ["sched_cls"], tc_filter=True),
     _at(TC_EGRESS, "tc_egress", ["tc_egress"], _D, ["sched_cls"], tc_filter=True),

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bpfdeploy.diagnostics import HostError
-from bpfdeploy.hooks import BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
+from bpfdeploy.hooks import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
 from bpfdeploy.kernel import runner
 from bpfdeploy.model.desired import DesiredState, MapGeometry
 # The live types live in the model; re-exported here for the modules that read them.
@@ -255,6 +255,11 @@ def read_pin_stats(desired: DesiredState) -> dict:
     return out
 
 
+# Link types whose device bpftool 7.1 does not print. It names a link type it does not know by its
+# number: BPF_LINK_TYPE_TCX is 11 (a newer bpftool says "tcx").
+DEVICE_LINK_TYPES = ("xdp", "tcx", "11")
+
+
 def _with_ifindex(links: dict) -> dict:
     """Add the device of xdp and tcx links, which bpftool 7.1 does not print."""
     import dataclasses
@@ -263,7 +268,7 @@ def _with_ifindex(links: dict) -> dict:
 
     out = {}
     for pin, link in links.items():
-        if link.type in ("xdp", "11", "tcx"):
+        if link.type in DEVICE_LINK_TYPES:
             try:
                 fd = libbpf.obj_get(pin)
                 try:
@@ -364,7 +369,7 @@ def _device_hooks(wanted: dict[HookKey, tuple[str, str | None]]) -> dict:
         try:
             with netns.entered(ns):
                 ifindex = socket.if_nametoindex(device)
-                query = libbpf.prog_query(ifindex, value) if value in (46, 47) else None
+                query = libbpf.prog_query(ifindex, value) if value in (BPF_TCX_INGRESS, BPF_TCX_EGRESS) else None
         except OSError as exc:
             out[key] = LiveHook((), 0, target_exists=False, error=f"device {device}: {exc.strerror or exc}")
             continue
