@@ -51,6 +51,12 @@ BPF_F_ALLOW_OVERRIDE, BPF_F_ALLOW_MULTI, BPF_F_REPLACE = 1, 2, 4  # legacy attac
 # they stay as they are; every use goes through these names, never the numbers.
 TC_INGRESS, TC_EGRESS = -1, -2
 BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47  # the kernel's enum bpf_attach_type
+
+
+def split_device_target(target: str) -> tuple[str, str | None]:
+    """A device hook's target as the record keeps it, "device[@netns file]", as (device, netns file)."""
+    device, _, netns = target.partition("@")
+    return device, netns or None
 ADDR = ("cgroup_sock_addr",)
 
 ATTACH_TYPES: tuple[AttachType, ...] = (

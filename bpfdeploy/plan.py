@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState, PinAccess
 from bpfdeploy.diagnostics import Diagnostic
-from bpfdeploy.hooks import BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
+from bpfdeploy.hooks import (BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind,
+                             split_device_target)
 from bpfdeploy.model.live import LiveState, hook_key
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
@@ -64,12 +65,6 @@ def link_target(a: DesiredAttachment, hook) -> str:
 
 
 MODE_FLAGS = {AttachMode.MULTI: BPF_F_ALLOW_MULTI, AttachMode.OVERRIDE: BPF_F_ALLOW_OVERRIDE, AttachMode.EXCLUSIVE: 0}
-
-
-def split_device_target(target: str) -> tuple[str, str | None]:
-    """A device hook's target as the record keeps it, "device[@netns file]", as (device, netns file)."""
-    device, _, netns = target.partition("@")
-    return device, netns or None
 
 
 # -- payloads: what apply needs beyond the desired object, one small immutable type per kind.

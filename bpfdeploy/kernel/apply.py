@@ -293,14 +293,7 @@ class _Run:
                 fd = self._fd(self.k.dup(loaded.map_fds[new.inner]))
             finally:
                 loaded.close()  # an open object keeps its ELF and BTF in memory: close it at once
-            target = str(m.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
-            self._own(target, str(m.pin))
-            self.k.obj_pin(fd, target)
-            self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
-            if m.access is not None:
-                self._set_access(target, m.access)
-            if a.kind is Kind.REPLACE:
-                self.renames.append((target, str(m.pin)))
+            self._pin(fd, m.pin, a.kind is Kind.REPLACE, m.access)
             self.map_fds[m.name] = fd
             for key, value in new.entries:
                 self.k.map_update(fd, key, value)
@@ -315,6 +308,19 @@ class _Run:
                 else:
                     self.undo.push(f"restore entry of {m.name}", lambda k=key, v=old, f=fd: self.k.map_update(f, k, v))
         self._done(a)
+
+    def _pin(self, fd: int, pin: Path, staged: bool, access=None) -> str:
+        """Pin a new map, program or link; a replacement is pinned beside the old one (staged) and
+        renamed over it at the commit. Journaled first, undone by unpinning. Returns where it is."""
+        target = str(pin) + (STAGING_SUFFIX if staged else "")
+        self._own(target, str(pin))
+        self.k.obj_pin(fd, target)
+        self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
+        if access is not None:
+            self._set_access(target, access)
+        if staged:
+            self.renames.append((target, str(pin)))
+        return target
 
     def _map_fd(self, name: str) -> int:
         if name not in self.map_fds:
@@ -355,14 +361,7 @@ class _Run:
         for a in group:
             p: DesiredProgram = a.desired
             fd = fds[p.function]
-            target = str(p.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
-            self._own(target, str(p.pin))
-            self.k.obj_pin(fd, target)
-            self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
-            if p.access is not None:
-                self._set_access(target, p.access)
-            if a.kind is Kind.REPLACE:
-                self.renames.append((target, str(p.pin)))
+            target = self._pin(fd, p.pin, a.kind is Kind.REPLACE, p.access)
             self.prog_pins[p.pin_name] = target
             self.prog_fds[p.pin_name] = fd
             self.prog_ids[p.pin_name] = self.k.prog_id(fd)
@@ -620,12 +619,7 @@ class _Run:
                     self._tcx_vacate(att, prog_fd)
                 link_fd = self._fd(self._make_link(att, prog_fd))
                 self.link_fds[att.name] = link_fd
-                target = str(att.pin) + (STAGING_SUFFIX if a.kind is Kind.REPLACE else "")
-                self._own(target, str(att.pin))
-                self.k.obj_pin(link_fd, target)
-                self.undo.push(f"unpin {target}", lambda t=target: self.k.unlink(t))
-                if a.kind is Kind.REPLACE:
-                    self.renames.append((target, str(att.pin)))
+                self._pin(link_fd, att.pin, a.kind is Kind.REPLACE)
         else:
             legacy: LegacyAttach = a.payload
             flags, old = legacy.flags, legacy.old

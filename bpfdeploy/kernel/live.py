@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from bpfdeploy.diagnostics import HostError
-from bpfdeploy.hooks import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind
+from bpfdeploy.hooks import (BPF_TCX_EGRESS, BPF_TCX_INGRESS, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind,
+                             split_device_target)
 from bpfdeploy.kernel import runner
 from bpfdeploy.model.desired import DesiredState, MapGeometry
 # The live types live in the model; re-exported here for the modules that read them.
@@ -315,8 +316,8 @@ def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
             fd_hooks[key] = att.target
     for legacy in record.legacy:
         if legacy.attach_type in (TC_INGRESS, TC_EGRESS):
-            device, _, netns = legacy.target.partition("@")
-            device_hooks.setdefault(hook_key(HookKind.DEVICE, legacy.target, legacy.attach_type), (device, netns or None))
+            device_hooks.setdefault(hook_key(HookKind.DEVICE, legacy.target, legacy.attach_type),
+                                    split_device_target(legacy.target))
         else:
             fd_hooks.setdefault(hook_key(HookKind.CGROUP, legacy.target, legacy.attach_type), legacy.target)
     out.update(_fd_hooks(fd_hooks, maps))
