@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.fleet.fleet import REPO, Fleet
 
 HOSTS = 6  # 1-3 healthy, 4 made unreachable, 5 without kernel BTF, 6 without clang
@@ -40,11 +41,7 @@ def _fleet_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def fleet_ready():
-    problem = _fleet_problem()
-    if problem:
-        if os.environ.get("BPFDEPLOY_REQUIRE_KERNEL") == "1":
-            pytest.fail(f"fleet tests are required here but cannot run: {problem}", pytrace=False)
-        pytest.skip(f"fleet tests need root, sshd and ansible-core: {problem}")
+    require(_fleet_problem(), "fleet tests are required here but cannot run", "fleet tests need root, sshd and ansible-core")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import require
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_PIN_BASE = Path("/sys/fs/bpf/bpfdeploy-test")
 
@@ -46,11 +48,7 @@ def _kernel_problem() -> str | None:
 
 @pytest.fixture(scope="session")
 def kernel_ready():
-    problem = _kernel_problem()
-    if problem:
-        if os.environ.get("BPFDEPLOY_REQUIRE_KERNEL") == "1":
-            pytest.fail(f"kernel tests are required here but BPF is unavailable: {problem}", pytrace=False)
-        pytest.skip(f"kernel tests need root and BPF: {problem}")
+    require(_kernel_problem(), "kernel tests are required here but BPF is unavailable", "kernel tests need root and BPF")
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +212,37 @@ def prog_ids_under(root: Path) -> dict[str, int]:
             if pin.startswith(str(root) + "/"):
                 out[pin] = p["id"]
     return out
+
+
+def scrape_metrics(sandbox: Sandbox, args: list[str], timeout: float = 30) -> str:
+    """Start `bpfdeploy metrics ARGS` on a free loopback port, read /metrics once, stop it."""
+    import socket
+    import time
+    import urllib.request
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    server = subprocess.Popen([sys.executable, "-m", "bpfdeploy.cli", "metrics", *map(str, args), "--listen",
+                               f"127.0.0.1:{port}"], env=sandbox.env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"metrics server did not come up: {server.stderr.read()}")
+                time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def metric_samples(text: str) -> dict:
+    """A Prometheus exposition as {(sample name, sorted labels): value}, through the client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -42,7 +42,9 @@ def _pair(sandbox) -> tuple[str, str, str]:
     return a, b, "a0"
 
 
-def _example(sandbox, filename: str, **replace) -> tuple[Path, Path]:
+def _example(sandbox, filename: str, out: Path | None = None, **replace) -> tuple[Path, Path]:
+    """A bundled example with the sandbox's names and the given attachment fields, written to ``out``
+    (default: the sandbox's directory, under the example's own name)."""
     src = REPO / "manifests" / filename
     data = yaml.safe_load(src.read_text())
     data["name"] = f"{sandbox.id}-{data['name']}"
@@ -53,7 +55,7 @@ def _example(sandbox, filename: str, **replace) -> tuple[Path, Path]:
         for key, value in replace.items():
             if key in att:
                 att[key] = value
-    out = sandbox.tmp / filename
+    out = out or sandbox.tmp / filename
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     sandbox.manifests.append(out)
     return out, Path(data["pin_root"])

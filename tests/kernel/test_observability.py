@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from bpfdeploy.render.replies import FORMAT_VERSION
-from tests.kernel.conftest import map_values
+from tests.kernel.conftest import map_values, metric_samples, scrape_metrics
 from tests.kernel.traffic import ECHO
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def _samples(text: str) -> dict:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 def test_metrics_endpoint_matches_the_map(sandbox):
@@ -40,23 +21,8 @@ def test_metrics_endpoint_matches_the_map(sandbox):
     root, name = Path(data["pin_root"]), data["name"]
     sandbox.cli("apply", manifest)
     sandbox.run_in(ECHO.format(n=3), cgroup=sandbox.cgroups[0], netns=sandbox.netns())
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bpfdeploy.cli", "metrics", str(manifest), "--listen",
-                               f"127.0.0.1:{port}"], env=sandbox.env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"metrics server did not come up: {server.stderr.read()}")
-                time.sleep(0.1)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-    samples = _samples(text)
+    text = scrape_metrics(sandbox, [manifest], timeout=20)
+    samples = metric_samples(text)
     traffic = map_values(root / "maps/traffic")
     for direction, slot in (("ingress", 0), ("egress", 1)):
         labels = (("deployment", name), ("direction", direction))
@@ -79,7 +45,7 @@ def test_textfile_is_replaced_atomically(sandbox):
             if path.exists():
                 text = path.read_text()
                 assert text.rstrip().endswith("} 1.0"), text[-200:]  # the last line (healthy) is always there
-                _samples(text)
+                metric_samples(text)
                 reads += 1
             assert writer.poll() is None, writer.stderr.read()
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.kernel.conftest import map_values
+from tests.kernel.conftest import map_values, metric_samples, scrape_metrics
 from tests.kernel.traffic import CONNECT
 
 
@@ -56,40 +56,6 @@ def _second_counters(sandbox, directory: Path, tag: str) -> tuple[Path, str, Pat
     return out, data["name"], Path(data["pin_root"])
 
 
-def _scrape(sandbox, args: list[str]) -> str:
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    server = subprocess.Popen([sys.executable, "-m", "bpfdeploy.cli", "metrics", *args, "--listen",
-                               f"127.0.0.1:{port}"], env=sandbox.env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"metrics server did not come up: {server.stderr.read()}")
-                time.sleep(0.1)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _samples(text: str) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_one_exporter_serves_every_deployment_of_a_directory_and_says_what_it_cannot_read(sandbox):
     from tests.kernel.traffic import ECHO
 
@@ -102,7 +68,7 @@ def test_one_exporter_serves_every_deployment_of_a_directory_and_says_what_it_ca
     sandbox.cli("apply", b)
     sandbox.run_in(ECHO.format(n=3), cgroup=sandbox.cgroups[-2], netns=sandbox.netns())  # traffic in A only
 
-    samples = _samples(_scrape(sandbox, ["--all", str(directory)]))
+    samples = metric_samples(scrape_metrics(sandbox, ["--all", str(directory)]))
     ingress = lambda name: samples[("bpfdeploy_cgroup_packets_total", (("deployment", name), ("direction", "ingress")))]
     assert ingress(name_a) == map_values(root_a / "maps/traffic")[0]["packets"] > 0
     assert ingress(name_b) == 0
@@ -116,7 +82,7 @@ def test_one_exporter_serves_every_deployment_of_a_directory_and_says_what_it_ca
 
     # A map that cannot be read is a scrape error, not an empty metric.
     (root_b / "maps" / "traffic").unlink()
-    samples = _samples(_scrape(sandbox, ["--all", str(directory)]))
+    samples = metric_samples(scrape_metrics(sandbox, ["--all", str(directory)]))
     assert error(name_b, "bpfdeploy_cgroup_packets_total") == 1
     assert error(name_a, "bpfdeploy_cgroup_packets_total") == 0
     assert samples[("bpfdeploy_deployment_healthy", (("deployment", name_b),))] == 0

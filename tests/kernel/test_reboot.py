@@ -21,9 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.kernel.conftest import REPO, map_values, prog_ids_under
+from tests.kernel.conftest import map_values, prog_ids_under
 from tests.kernel.test_lifecycle import COUNTER_SRC
-from tests.kernel.test_net_trace import _pair, _udp
+from tests.kernel.test_net_trace import _example, _pair, _udp
 from tests.kernel.traffic import ECHO
 from tests.reply_schemas import check_reply
 from tests.unit.test_packaging import CONF, UNIT, unit_directives
@@ -34,18 +34,6 @@ def _write(sandbox, directory: Path, filename: str, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     sandbox.manifests.append(path)  # destroyed by the sandbox afterwards
     return path
-
-
-def _example(sandbox, directory: Path, filename: str, out: str, **replace) -> tuple[Path, Path]:
-    src = REPO / "manifests" / filename
-    data = yaml.safe_load(src.read_text())
-    data["name"] = f"{sandbox.id}-{data['name']}"
-    data["pin_root"] = str(sandbox.pin_root(data["name"]))
-    for obj in data["objects"].values():
-        obj["source"] = str((src.parent / obj["source"]).resolve())
-    for att in data["attachments"]:
-        att.update({k: v for k, v in replace.items() if k in att})
-    return _write(sandbox, directory, out, data), Path(data["pin_root"])
 
 
 def _counter(sandbox, directory: Path, key: int, mode: str, out: str) -> tuple[Path, Path, Path]:
@@ -118,8 +106,8 @@ def test_the_boot_unit_command_puts_every_deployment_back_after_a_reboot(sandbox
     a, b, dev = _pair(sandbox)
     m_link, root_link, cg_link = _counter(sandbox, directory, 1, "link", "10-counter-link.yaml")
     m_multi, root_multi, cg_multi = _counter(sandbox, directory, 2, "multi", "20-counter-multi.yaml")
-    m_xdp, root_xdp = _example(sandbox, directory, "xdp-drop.yaml", "30-xdp.yaml", device=dev, netns=a)
-    m_tc, root_tc = _example(sandbox, directory, "tc-mark.yaml", "40-tc.yaml", device=dev, netns=a)
+    m_xdp, root_xdp = _example(sandbox, "xdp-drop.yaml", directory / "30-xdp.yaml", device=dev, netns=a)
+    m_tc, root_tc = _example(sandbox, "tc-mark.yaml", directory / "40-tc.yaml", device=dev, netns=a)
     (directory / "README.txt").write_text("not a manifest: ignored")
     roots = [root_link, root_multi, root_xdp, root_tc]
     command = _exec_start(_settings(directory))
