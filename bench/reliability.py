@@ -679,16 +679,8 @@ def bad_manifests(b: Bench, count: int) -> None:
 # (d) confinement
 
 
-def _tree(*tops: Path) -> dict[str, str]:
-    """Every entry under tops, by lstat (nothing followed): a directory, a pin, or a symlink and its target."""
-    out = {}
-    for top in tops:
-        for dirpath, dirs, files in os.walk(top):
-            for name in dirs + files:
-                path = os.path.join(dirpath, name)
-                out[path] = ("-> " + os.readlink(path)) if os.path.islink(path) else \
-                    "dir" if os.path.isdir(path) else "pin"
-    return out
+# What every entry under a directory is, by lstat: the confinement tests' own snapshot.
+from tests.kernel.test_confinement import _tree  # noqa: E402
 
 
 def _foreign_pin(path: Path) -> None:
