@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdeploy import __version__
@@ -37,6 +36,7 @@ from bpfdeploy.build import (BuiltObject, InputRefused, ObjectOrigin, hash_input
                              read_input, source_digest)
 from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError
 from bpfdeploy.manifest.model import Manifest
+from bpfdeploy.model.frozen import frozen
 
 FORMAT = "bpfdeploy-artifacts-1"
 INDEX_NAME = "artifacts.json"
@@ -62,7 +62,7 @@ class SignatureState(enum.Enum):
     NOT_CHECKED = "not checked"  # signed, but no allowed_signers file was given to check it with
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ArtifactObject:
     """One object of an artifact directory, as its index records it."""
 
@@ -76,7 +76,7 @@ class ArtifactObject:
     btf: str | None = None  # SOURCE with vmlinux_h: build.btf_identity() on the building host
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ArtifactSet:
     """An artifact directory's index, read but not yet verified."""
 
@@ -101,7 +101,7 @@ class ArtifactSet:
         return hashlib.sha256(str(self.directory).encode() + b"\0" + self.index_bytes).hexdigest().encode()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Provenance:
     """Where a deployment's objects came from, once verified; plans show it."""
 
@@ -119,7 +119,7 @@ class Provenance:
                 "objects": [{"object": n, "sha256": s, "build_digest": d} for n, s, d in self.objects]}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BuildOutput:
     """What ``write_artifacts`` (and ``sign_artifacts``) made."""
 

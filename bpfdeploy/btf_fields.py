@@ -11,15 +11,16 @@ parsing is pure, so it is tested on recorded output.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+
+from bpfdeploy.model.frozen import frozen
 
 # Kinds that only qualify another type: look through them to the type they name.
 _QUALIFIERS = {"TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"}
 _RECORDS = {"STRUCT", "UNION"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapFields:
     """The dotted field names of a map's key and value. None: the object's BTF does not say
     (a map defined without __type, or no BTF at all), so nothing can be checked."""

@@ -21,13 +21,13 @@ import os
 import re
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from bpfdeploy.diagnostics import BuildError, Diagnostic
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import Manifest, ObjectSpec
+from bpfdeploy.model.frozen import frozen
 
 BUILD_FORMAT = "bpfdeploy-build-1"  # prebuilt `file` objects (their digest is unchanged since format 1)
 SOURCE_FORMAT = "bpfdeploy-build-2"  # `source` objects: path-independent since format 2
@@ -85,7 +85,7 @@ class ObjectOrigin(enum.Enum):
     ARTIFACTS = "artifacts"  # taken from a `bpfdeploy build --out` directory, digests checked
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BuiltObject:
     name: str  # object name in the manifest
     path: Path  # the ELF file to load

@@ -491,7 +491,7 @@ def cmd_status(args) -> int:
 
         items = list_deployments()
         if args.json:
-            from dataclasses import asdict
+            from bpfdeploy.model.frozen import asdict
 
             from bpfdeploy.render.replies import emit
 

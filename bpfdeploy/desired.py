@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from bpfdeploy import hooks
@@ -35,6 +34,7 @@ from bpfdeploy.model.desired import (  # noqa: F401
     DesiredState,
     MapGeometry,
 )
+from bpfdeploy.model.frozen import asdict
 
 OBJECT_INFO_FORMAT = 2
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from bpfdeploy.model.frozen import frozen
 
 
 class ExitCode(enum.IntEnum):
@@ -30,7 +31,7 @@ class Severity(enum.StrEnum):
     WARNING = "warning"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Diagnostic:
     """One problem found in a manifest or on the host.
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdeploy.decode import DECODE_KINDS, decode, per_cpu_sum, raw_bytes
 from bpfdeploy.diagnostics import BpfdeployError
 from bpfdeploy.kernel import runner
+from bpfdeploy.model.frozen import frozen
 
 GLOBAL_SECTIONS = (".bss", ".data", ".rodata")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeyDecoder:
     """How to show a key: the whole key (field None) or one field of a key struct, as `kind`."""
 

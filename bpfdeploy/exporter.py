@@ -15,14 +15,15 @@ range 9100-9999 is full, so bpfdeploy's default is 19435 (outside that range, no
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from bpfdeploy.model.frozen import frozen
 
 DEFAULT_LISTEN = "127.0.0.1:19435"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Source:
     """One deployment to export: its manifest, and either what was prepared from it or why not."""
 

@@ -8,7 +8,8 @@ which libbpf or bpftool version is installed. Names follow bpftool: the long nam
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+from bpfdeploy.model.frozen import frozen
 
 
 class HookKind(enum.Enum):
@@ -21,7 +22,7 @@ class HookKind(enum.Enum):
     TRACE = "trace"  # a tracepoint, a raw tracepoint, a BTF tracepoint, a uprobe, an iterator
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AttachType:
     """One kernel attach type and the program types that may use it."""
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from bpfdeploy.model.frozen import frozen
 
-@dataclass(frozen=True, slots=True)
+
+@frozen
 class Mounts:
     cgroup2: Path | None  # first cgroup2 mount (/sys/fs/cgroup/unified on a hybrid host)
     bpffs: tuple[Path, ...]  # every bpf file system mount

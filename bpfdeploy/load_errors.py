@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+
+from bpfdeploy.model.frozen import frozen
 
 # Map types (enum bpf_map_type) whose definitions the kernel checks for fixed sizes.
 PERF_EVENT_ARRAY, RINGBUF = 4, 27
@@ -29,7 +30,7 @@ class FailureKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoadFailure:
     """One failure, with the item libbpf blamed (kind "map" or "program"; both empty if none)."""
 

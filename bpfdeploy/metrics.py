@@ -8,7 +8,6 @@ struct fields and char arrays by name; the exposition is made by the Prometheus 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -16,6 +15,7 @@ from bpfdeploy.decode import decode_label, field, number, raw_bytes  # noqa: F40
 from bpfdeploy.diagnostics import BpfdeployError
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import MetricLabel, MetricSpec
+from bpfdeploy.model.frozen import frozen
 
 
 def read_map(pin: Path) -> list[dict]:
@@ -29,7 +29,7 @@ def read_map(pin: Path) -> list[dict]:
 _raw_bytes, _field, _number = raw_bytes, field, number
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sample:
     labels: tuple[tuple[str, str], ...]
     value: float

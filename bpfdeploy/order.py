@@ -13,12 +13,12 @@ here reads the kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from bpfdeploy.manifest.model import Order, OrderKind
+from bpfdeploy.model.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChainEntry:
     label: str  # our attachment's name, or the program's name and id when it is not ours
     prog_id: int  # 0: not attached yet (made by this plan)
@@ -26,7 +26,7 @@ class ChainEntry:
     moved: bool = False  # made or made again by this plan
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Chain:
     """The programs on one hook after apply, first to last, as the kernel will run them."""
 

@@ -10,7 +10,6 @@ Order: cgroups, maps, programs, attachments; deletions in the reverse order at t
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgra
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import (BPF_F_ALLOW_MULTI, BPF_F_ALLOW_OVERRIDE, BY_VALUE, TC_EGRESS, TC_INGRESS, HookKind,
                              split_device_target)
+from bpfdeploy.model.frozen import field, frozen
 from bpfdeploy.model.live import LiveState, hook_key
 from bpfdeploy.manifest.paths import format_path
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
@@ -70,7 +70,7 @@ MODE_FLAGS = {AttachMode.MULTI: BPF_F_ALLOW_MULTI, AttachMode.OVERRIDE: BPF_F_AL
 # -- payloads: what apply needs beyond the desired object, one small immutable type per kind.
 # The planner decides everything in them; apply reads fields, never reasons or strings.
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NewMap:
     """A map to create (or recreate): loaded from the object of program ``loader`` (a pin name), where
     it is called ``inner``, then pinned and filled with ``entries``. The planner picks the loader: the
@@ -81,21 +81,21 @@ class NewMap:
     entries: tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class WriteEntries:
     """Entries of a live map to overwrite: only those that differ from the manifest."""
 
     entries: tuple[tuple[bytes, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class XdpTakeover:
     """Our own XDP link that holds the device now: removed just before the new link is made."""
 
     holder_pin: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LegacyAttach:
     """A cgroup attach without a link, with the BPF_F_ALLOW_* ``flags`` of its mode.
 
@@ -109,7 +109,7 @@ class LegacyAttach:
     retire: LegacyDetach | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TcFilterRemoval:
     """A tc filter of ours to delete, at its (pref, handle) on a device's clsact qdisc."""
 
@@ -120,7 +120,7 @@ class TcFilterRemoval:
     handle: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TcFilter:
     """A tc bpf filter at a fixed (pref, handle): ``tc filter replace`` creates it or swaps its program.
 
@@ -136,14 +136,14 @@ class TcFilter:
     retire: TcFilterRemoval | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LegacyDetach:
     """A legacy cgroup attach of ours to detach (the program by id from the hook)."""
 
     old: LegacyAttachment
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Qdisc:
     """A clsact qdisc on a device: added for tc filters, deleted when we added it and none is left."""
 
@@ -151,7 +151,7 @@ class Qdisc:
     netns: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cleanup:
     """A staged pin left by a killed apply: removed first, so that staging can use the name again."""
 
@@ -159,7 +159,7 @@ class Cleanup:
 Payload = NewMap | WriteEntries | XdpTakeover | LegacyAttach | TcFilter | TcFilterRemoval | LegacyDetach | Qdisc | Cleanup
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Action:
     """One step of a plan. Apply carries out the plan's actions in the plan's order.
 
@@ -198,7 +198,7 @@ class Action:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Plan:
     name: str
     pin_root: str

@@ -121,9 +121,9 @@ def store(manifest: Path, cache: Path, prepared, variant: bytes = b"") -> None:
     try:
         path = _key(manifest, cache, variant)
         if getattr(prepared, "provenance", None) is not None:
-            import dataclasses
+            from bpfdeploy.model.frozen import replace
 
-            prepared = dataclasses.replace(prepared, provenance=None)  # verified again at every use
+            prepared = replace(prepared, provenance=None)  # verified again at every use
         inputs = [_stamp(f) for f in _inputs(prepared)]
         presence = [_presence(p, must) for p, must in _presence_paths(prepared)]
         path.parent.mkdir(parents=True, exist_ok=True)

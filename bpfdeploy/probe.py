@@ -30,11 +30,11 @@ import shutil
 import time
 import zlib
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfdeploy.diagnostics import Diagnostic, HostError
 from bpfdeploy.kernel import runner
+from bpfdeploy.model.frozen import field, frozen
 
 PROBE_FORMAT = "bpfdeploy-probe-1"  # the JSON view (Features.to_json)
 CACHE_FORMAT = "bpfdeploy-probe-cache-1"  # the cache file
@@ -54,7 +54,7 @@ _CACHE_NAME = re.compile(r"^[0-9a-f-]{36}-[0-9a-f]{8}\.json$")
 
 # -- the data model -------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Caveat:
     """A part of the probe result that is known to be wrong or incomplete on this host.
 
@@ -66,7 +66,7 @@ class Caveat:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AttachNote:
     """Something bpftool cannot tell: can programs be attached to this kind of hook here?
 
@@ -79,7 +79,7 @@ class AttachNote:
     evidence: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ToolVersions:
     """Versions of the tools; read once per probe and cached with it (clang costs ~18 ms)."""
 
@@ -94,7 +94,7 @@ class ToolVersions:
                 "clang": self.clang, "iproute2": self.iproute2}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HostState:
     """Facts that may change while the machine runs; cheap, read on every call, never cached.
 
@@ -117,7 +117,7 @@ class HostState:
     lsms: tuple[str, ...] | None = None  # active LSMs, when securityfs is mounted
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Features:
     """Everything the probe found. Who may rely on what:
 
@@ -377,7 +377,7 @@ def _tracepoint_note(host: HostState) -> AttachNote:
 
 def _with_judgement(f: Features, host: HostState) -> Features:
     """Add what bpftool cannot say: caveats on its own results, and attach notes."""
-    from dataclasses import replace
+    from bpfdeploy.model.frozen import replace
 
     caveats = [c for c in (_helpers_caveat(f),) if c]
     version = f.kernel_version

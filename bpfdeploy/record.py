@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from bpfdeploy.model.frozen import field, frozen
 
 RECORD_FORMAT = 1
 
@@ -33,7 +34,7 @@ def boot_id() -> str:
         return "unknown"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LegacyAttachment:
     """A legacy attach (no link): where it is, and which program id we put there."""
 
@@ -46,7 +47,7 @@ class LegacyAttachment:
     handle: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Record:
     name: str
     pin_root: str

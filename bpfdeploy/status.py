@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpfdeploy.diagnostics import BpfdeployError
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import DEFAULT_PIN_BASE
+from bpfdeploy.model.frozen import field, frozen
 from bpfdeploy.plan import Kind, Plan, Resource
 from bpfdeploy.record import state_dir
 
@@ -22,7 +22,7 @@ STATE = {Kind.NOOP: "in sync", Kind.CREATE: "missing", Kind.UPDATE: "drifted", K
          Kind.DELETE: "not in the manifest"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeploymentSummary:
     name: str
     pin_root: str
@@ -62,7 +62,7 @@ def _summary(name: str, root: str, manifest: str) -> DeploymentSummary:
     return DeploymentSummary(name, root, manifest, count("progs"), count("links"), count("maps"), os.path.isdir(root))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProgramStatus:
     name: str
     id: int | None
@@ -75,7 +75,7 @@ class ProgramStatus:
     run_time_ns: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapStatus:
     name: str
     id: int | None
@@ -85,7 +85,7 @@ class MapStatus:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AttachmentStatus:
     name: str
     program: str
@@ -94,7 +94,7 @@ class AttachmentStatus:
     reason: str
 
 
-@dataclass
+@frozen(mutable=True)
 class DeploymentStatus:
     name: str
     pin_root: str
@@ -126,7 +126,7 @@ class DeploymentStatus:
                 "drifted": sum(x.state != "in sync" for x in [*progs, *self.maps, *self.attachments]) + len(self.extra)}
 
     def to_json(self) -> dict:
-        from dataclasses import asdict
+        from bpfdeploy.model.frozen import asdict
 
         return {"deployment": self.name, "pin_root": self.pin_root, "healthy": self.healthy, "deployed": self.deployed,
                 "summary": self.counts(),

@@ -10,16 +10,16 @@ will not create fails every program of its object, and says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 from bpfdeploy.diagnostics import Diagnostic, KernelError
 from bpfdeploy.load_errors import FailureKind, load_failure_message, name_in_log, verifier_tail
 from bpfdeploy.model.desired import DesiredProgram, DesiredState
+from bpfdeploy.model.frozen import frozen
 from bpfdeploy.plan import Kind, Plan, Resource
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verdict:
     """What the kernel said about one program of the plan."""
 
@@ -38,7 +38,7 @@ class Verdict:
                 "source_line": self.source_line or None, "log_tail": self.log_tail}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Verification:
     verdicts: tuple[Verdict, ...]
 
@@ -117,11 +117,11 @@ def _verify_object(group: list[DesiredProgram], trial_load: TrialLoad) -> list[V
 
 def verify_planned(planned):
     """The workflow's Planned with the verdicts, and an error in the plan for each refused program."""
-    import dataclasses
+    from bpfdeploy.model.frozen import replace
 
     desired = planned.prepared.desired
     manifest = planned.prepared.manifest
     verification = verify(planned.plan, desired)
     diags = verification.diagnostics(str(planned.manifest), manifest.line_of)
-    plan = dataclasses.replace(planned.plan, diagnostics=planned.plan.diagnostics + diags)
-    return dataclasses.replace(planned, plan=plan, verification=verification)
+    plan = replace(planned.plan, diagnostics=planned.plan.diagnostics + diags)
+    return replace(planned, plan=plan, verification=verification)

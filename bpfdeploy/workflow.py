@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,6 +19,7 @@ from bpfdeploy.diagnostics import BpfdeployError, Diagnostic, HostError, Manifes
 from bpfdeploy.manifest import load_manifest
 from bpfdeploy.manifest.model import Manifest
 from bpfdeploy.manifest.paths import parse_path
+from bpfdeploy.model.frozen import frozen
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op plan's cost
     from bpfdeploy.artifacts import ArtifactSet, BuildOutput, Provenance
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # imported lazily at run time: start-up is most of a no-op pl
 BuildCallback = Callable[[str, str], None]  # (event: "start" | "done" | "failed", object name)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Prepared:
     """A manifest loaded, its objects built and opened, and resolved into the desired state."""
 
@@ -44,7 +44,7 @@ class Prepared:
     provenance: Provenance | None = None  # set when the objects came from verified artifacts
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Planned:
     """What planning found: the live state it read and the plan computed against it.
 
@@ -60,7 +60,7 @@ class Planned:
     verification: Verification | None = None  # of `plan --verify` (None: not asked)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Applied:
     """The outcome of apply or destroy. ``result`` is None when apply was not called: the plan
     had errors, nothing needed to change, or the caller asked for a check only."""
@@ -124,11 +124,11 @@ def prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = F
     if cached is not None:
         if source is None:
             return cached
-        import dataclasses
+        from bpfdeploy.model.frozen import replace
 
         from bpfdeploy.artifacts import verify
 
-        return dataclasses.replace(cached, provenance=verify(source, cached.manifest, allowed_signers))
+        return replace(cached, provenance=verify(source, cached.manifest, allowed_signers))
     prepared = _prepare(path, on_build, source=source, allowed_signers=allowed_signers)
     prepared_cache.store(path, cache_dir(), prepared, variant)
     return prepared
@@ -197,7 +197,7 @@ def build_artifacts(manifest: Path, out: Path, sign_key: Path | None = None,
 def gate(prepared: Prepared, manifest: Path, refresh: bool = False, probe_cache: Path | None = None
          ) -> tuple[Features, list[Diagnostic]]:
     """Check the host against what the manifest needs (declared and implied), before any change."""
-    import dataclasses
+    from bpfdeploy.model.frozen import replace
 
     from bpfdeploy.probe import check_requirements, implied_requirements, probe_features
 
@@ -207,7 +207,7 @@ def gate(prepared: Prepared, manifest: Path, refresh: bool = False, probe_cache:
     diags = check_requirements(features, program_types=programs, map_types=maps, attach_types=attaches,
                                requires=requires, file=str(manifest))
     lines = prepared.manifest
-    diags = [dataclasses.replace(d, line=lines.line_of(parse_path(d.path))) if d.path else d for d in diags]
+    diags = [replace(d, line=lines.line_of(parse_path(d.path))) if d.path else d for d in diags]
     return features, diags
 
 
@@ -237,16 +237,16 @@ def plan_prepared(prepared: Prepared, manifest: Path, destroy: bool = False) -> 
     live = read_live_state(prepared.desired)
     result = plan(prepared.desired, live, str(manifest), destroy=destroy)
     if any(d.path and d.line is None for d in result.diagnostics):  # the planner is pure: lines come from here
-        import dataclasses
+        from bpfdeploy.model.frozen import replace
 
         lines = prepared.manifest
-        result = dataclasses.replace(result, diagnostics=tuple(
-            dataclasses.replace(d, line=lines.line_of(parse_path(d.path))) if d.path and d.line is None else d
+        result = replace(result, diagnostics=tuple(
+            replace(d, line=lines.line_of(parse_path(d.path))) if d.path and d.line is None else d
             for d in result.diagnostics))
     if warnings or prepared.provenance is not None:
-        import dataclasses
+        from bpfdeploy.model.frozen import replace
 
-        result = dataclasses.replace(result, diagnostics=result.diagnostics + warnings,
+        result = replace(result, diagnostics=result.diagnostics + warnings,
                                      artifacts=prepared.provenance.to_json() if prepared.provenance else None)
     return Planned(manifest, prepared, live, result, features)
 
@@ -383,7 +383,7 @@ def apply_deployment(manifest: Path, *, destroy: bool = False, check: bool = Fal
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     """What became of one manifest of `apply --all`: applied (``applied``) or failed (``error``).
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,13 +24,14 @@ from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.door import Kernel, real_dir
 from bpfdeploy.kernel.live import LiveState
+from bpfdeploy.model.frozen import field, frozen
 from bpfdeploy.plan import (STAGING_SUFFIX, Action, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Plan, Qdisc,
                             Resource, TcFilter, TcFilterRemoval, WriteEntries, XdpTakeover)
 from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
                               write_record)
 
 
-@dataclass
+@frozen(mutable=True)
 class ApplyResult:
     done: list[str] = field(default_factory=list)  # "create prog/x", in order
     warnings: list[str] = field(default_factory=list)
@@ -57,7 +57,7 @@ class _Undo:
         return failures
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StepHooks:
     """Test hooks: fail at the step of one address, or pause before it so that a test can kill the
     process there. Read from the environment by the caller (workflow), never inside apply."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
 from functools import lru_cache
 
 from bpfdeploy.diagnostics import KernelError
+from bpfdeploy.model.frozen import frozen
 
 vp, cp, c_int, c_u32, c_u64 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64
 _PRINT_FN = ctypes.CFUNCTYPE(c_int, c_int, cp, vp)
@@ -137,7 +137,7 @@ def _fail(what: str, err: int | None = None, log: str = "") -> KernelError:
 # ---------------------------------------------------------------- object files
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectProgram:
     name: str  # function name
     section: str
@@ -145,7 +145,7 @@ class ObjectProgram:
     expected_attach_type: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectMap:
     name: str
     type: int
@@ -156,7 +156,7 @@ class ObjectMap:
     internal: bool  # .rodata/.data/.bss/.kconfig: never pinned or shared
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectGlobal:
     """A global variable of the object (from BTF), settable before load."""
 
@@ -166,7 +166,7 @@ class ObjectGlobal:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectInfo:
     programs: tuple[ObjectProgram, ...]
     maps: tuple[ObjectMap, ...]
@@ -265,7 +265,7 @@ def _set_globals(obj, values: dict[str, bytes]) -> None:
             raise KernelError(f"no {g.section} map for global variable {name!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoadedObject:
     """An object loaded into the kernel: fds of its loaded programs. Close it after pinning."""
 
@@ -415,7 +415,7 @@ def prog_fd_by_id(prog_id_: int) -> int:
 # ---------------------------------------------------------------- hooks
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HookQuery:
     attach_flags: int  # BPF_F_ALLOW_OVERRIDE=1, BPF_F_ALLOW_MULTI=2 (0: none or nothing attached)
     prog_ids: tuple[int, ...]

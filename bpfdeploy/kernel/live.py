@@ -263,7 +263,7 @@ DEVICE_LINK_TYPES = ("xdp", "tcx", "11")
 
 def _with_ifindex(links: dict) -> dict:
     """Add the device of xdp and tcx links, which bpftool 7.1 does not print."""
-    import dataclasses
+    from bpfdeploy.model.frozen import replace
 
     from bpfdeploy.kernel import libbpf
 
@@ -273,7 +273,7 @@ def _with_ifindex(links: dict) -> dict:
             try:
                 fd = libbpf.obj_get(pin)
                 try:
-                    link = dataclasses.replace(link, ifindex=libbpf.link_info(fd).u0)
+                    link = replace(link, ifindex=libbpf.link_info(fd).u0)
                 finally:
                     os.close(fd)
             except Exception:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+
+from bpfdeploy.model.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Result:
     argv: tuple[str, ...]
     returncode: int

@@ -10,7 +10,7 @@ from bpfdeploy.manifest.model import Manifest
 
 def _resolve_shadows(problems: list[Diagnostic], schema_problems: list[Diagnostic]) -> list[Diagnostic]:
     """An item the checks could not use is an error unless the schema already said why."""
-    import dataclasses
+    from bpfdeploy.model.frozen import replace
 
     from bpfdeploy.manifest.checks import SHADOW
 
@@ -20,7 +20,7 @@ def _resolve_shadows(problems: list[Diagnostic], schema_problems: list[Diagnosti
             out.append(d)
         elif not any(s.path == d.path or s.path.startswith(d.path + ".") or s.path.startswith(d.path + "[")
                      for s in schema_problems):
-            out.append(dataclasses.replace(d, severity="error"))
+            out.append(replace(d, severity="error"))
     return out
 
 

@@ -10,7 +10,6 @@ import difflib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from bpfdeploy.diagnostics import Diagnostic, ManifestError
 from bpfdeploy.manifest.paths import format_path, line_of  # noqa: F401  (re-exported)
 
 from bpfdeploy.manifest.paths import SCHEMA_PATH  # noqa: E402
+from bpfdeploy.model.frozen import frozen
 
 
 # Manifest files whose relative paths resolve against another directory than their own: a
@@ -28,7 +28,7 @@ from bpfdeploy.manifest.paths import SCHEMA_PATH  # noqa: E402
 BASE_DIRS: dict[str, Path] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RawManifest:
     """The parsed document plus where each node came from."""
 

@@ -1,4 +1,4 @@
-"""The desired state as the manifest states it: frozen dataclasses, paths resolved.
+"""The desired state as the manifest states it: frozen value classes (model.frozen), paths resolved.
 
 What the objects themselves contain (program types, map geometry) is added later by
 ``bpfdeploy.desired`` once the objects are built; this model is what the user wrote.
@@ -7,10 +7,10 @@ What the objects themselves contain (program types, map geometry) is added later
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdeploy.hooks import AttachType, HookKind
+from bpfdeploy.model.frozen import frozen
 
 DEFAULT_PIN_BASE = "/sys/fs/bpf/bpfdeploy"
 
@@ -35,7 +35,7 @@ class OrderKind(enum.Enum):
     AFTER = "after"  # BPF_F_AFTER | BPF_F_LINK: right behind it
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Order:
     kind: OrderKind
     anchor: str | None = None  # the other attachment's name (before/after)
@@ -49,7 +49,7 @@ class EntriesPolicy(enum.Enum):
     SEED = "seed"  # written once, when the map is created
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PinAccess:
     """Who may open a pin (or search a pin directory): the file's owner, group and mode bits.
 
@@ -80,7 +80,7 @@ class PinAccess:
                 or (self.mode is not None and (mode & 0o7777) != self.mode))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProgramSpec:
     """One program to load from an object, as the manifest names it."""
 
@@ -92,7 +92,7 @@ class ProgramSpec:
     access: PinAccess | None = None  # owner/group/mode of the program's pin
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ObjectSpec:
     """A BPF object: built from C or prebuilt."""
 
@@ -115,14 +115,14 @@ class ObjectSpec:
         return object_map
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapEntry:
     key: int | str | tuple[int, ...]
     value: int | str | tuple[int, ...]
     where: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapSettings:
     """What the manifest says about a deployment map (its geometry comes from the objects)."""
 
@@ -134,13 +134,13 @@ class MapSettings:
     access: PinAccess | None = None  # owner/group/mode of the map's pin
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CgroupTarget:
     path: Path  # absolute, inside the cgroup v2 mount
     create: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AttachmentSpec:
     """One attachment: a program on a hook, held by a pinned link or a legacy attach."""
 
@@ -169,7 +169,7 @@ class AttachmentSpec:
         return self.attach_type.kind
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MetricLabel:
     name: str
     field: str | None  # field of the key struct (BTF); None: the whole key
@@ -177,7 +177,7 @@ class MetricLabel:
     enum: tuple[tuple[str, str], ...]  # decode enum: (number, name)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MetricSpec:
     """A Prometheus metric made from one deployment map."""
 
@@ -190,7 +190,7 @@ class MetricSpec:
     where: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ArtifactPolicy:
     """The manifest's ``artifacts`` section: how objects built elsewhere are trusted.
 
@@ -203,7 +203,7 @@ class ArtifactPolicy:
     where: tuple = ("artifacts",)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Manifest:
     """A validated manifest."""
 

@@ -6,19 +6,19 @@ the planner, apply, status and metrics. Pure data: nothing here reads files or t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from bpfdeploy import hooks
 from bpfdeploy.hooks import AttachType, HookKind
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy, Order, PinAccess
+from bpfdeploy.model.frozen import frozen
 
 # Map types whose entries are plain bytes that a manifest can write: hash, array, lru_hash, lpm_trie.
 # (Per-CPU maps need a value per CPU; fd, socket, ring, queue and storage maps hold no plain values.)
 ENTRY_MAP_TYPES = {1, 2, 9, 11}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MapGeometry:
     """What must match for a pinned map to be reused: the kernel adopts the pinned map's shape silently."""
 
@@ -39,7 +39,7 @@ class MapGeometry:
             live.type, live.key_size, live.value_size, live.flags) and max_ok
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DesiredMap:
     name: str
     pin: Path
@@ -51,7 +51,7 @@ class DesiredMap:
     access: PinAccess | None = None  # owner/group/mode its pin must have (None: left alone)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DesiredProgram:
     pin_name: str
     pin: Path
@@ -71,7 +71,7 @@ class DesiredProgram:
     from_artifacts: bool = False  # its object came from verified artifacts (bpfdeploy build --out), not a build here
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DesiredAttachment:
     name: str
     pin: Path  # link pin (for legacy attaches: nothing is pinned there)
@@ -105,7 +105,7 @@ class DesiredAttachment:
         return f"{self.attach_type.short[0]} on {self.kind.value} {self.target}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DesiredState:
     name: str
     pin_root: Path

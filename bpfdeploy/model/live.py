@@ -6,18 +6,18 @@ compares it with the desired state. Pure data: nothing here reads files or the k
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.model.desired import MapGeometry
+from bpfdeploy.model.frozen import field, frozen
 
 if TYPE_CHECKING:
     from bpfdeploy.record import Record
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveProgram:
     id: int
     type: str
@@ -30,7 +30,7 @@ class LiveProgram:
     run_time_ns: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveMap:
     id: int
     name: str
@@ -38,7 +38,7 @@ class LiveMap:
     pins: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveLink:
     id: int
     type: str  # bpftool's link type name, or the number when bpftool 7.1 does not know it
@@ -53,7 +53,7 @@ class LiveLink:
 HookKey = tuple[str, str, int]  # (kind, target, attach type value)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveHook:
     """What BPF_PROG_QUERY says is attached at one hook."""
 
@@ -67,7 +67,7 @@ class LiveHook:
     clsact: bool = False  # tc: the device has a clsact qdisc
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LiveState:
     pin_root: Path
     pin_root_exists: bool

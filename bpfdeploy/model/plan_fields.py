@@ -9,16 +9,16 @@ attribute changes. Pure: no I/O; the planner builds these from the desired and l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from bpfdeploy import hooks
+from bpfdeploy.model.frozen import frozen
 
 # Entries of these widths are shown as unsigned little-endian integers too (as the manifest
 # writes an integer key or value); any other width only as bytes.
 _INT_WIDTHS = (1, 2, 4, 8)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class State:
     """One side of a change. ``fields`` are (name, JSON-ready value) pairs, in a fixed order."""
 
@@ -43,7 +43,7 @@ def bytes_text(data: bytes | None) -> str:
     return bytes_hex(data)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EntryChange:
     """A listed map entry whose live value differs: ``old`` is None when the key is absent."""
 

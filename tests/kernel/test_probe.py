@@ -89,7 +89,7 @@ def test_another_boot_id_probes_again(cache, monkeypatch):
     real = probe.read_host_state
 
     def other_boot():
-        from dataclasses import replace
+        from bpfdeploy.model.frozen import replace
 
         return replace(real(), boot_id="00000000-0000-4000-8000-000000000000")
 

@@ -8,7 +8,6 @@ through kernel/door.Kernel and undoes every step in reverse when one fails.
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from fake_kernel import MUTATING, FakeKernel
 
 from bpfdeploy.diagnostics import ApplyError
 from bpfdeploy.kernel.apply import StepHooks, apply
+from bpfdeploy.model.frozen import replace
 from bpfdeploy.model.live import LiveState
 from bpfdeploy.plan import STAGING_SUFFIX, Kind, plan
 
@@ -27,7 +27,7 @@ OBJ = "/cache/counters.bpf.o"
 def counters() -> tuple:
     """A first deployment of the counters object (one map, two programs, one cgroup link) on a bare host."""
     state = recorded.desired(objects=("counters",), attachments=(recorded.ATTACHMENTS[0],))
-    hooks_ = {k: dataclasses.replace(h, prog_ids=()) for k, h in recorded.recorded_hooks(False).items()}
+    hooks_ = {k: replace(h, prog_ids=()) for k, h in recorded.recorded_hooks(False).items()}
     live = LiveState(pin_root=ROOT, pin_root_exists=False, pinned=(), hooks=hooks_,
                      existing_cgroups=frozenset({CGROUP}))
     return state, live, plan(state, live)
@@ -113,9 +113,9 @@ def test_an_injected_step_failure_comes_from_the_hooks_not_the_environment(tmp_p
 
 def test_a_replaced_program_is_staged_then_swapped_by_link_update_then_renamed(tmp_path):
     state = recorded.desired()
-    programs = tuple(dataclasses.replace(x, digest="sha256-new") if x.pin_name == "count_ingress" else x
+    programs = tuple(replace(x, digest="sha256-new") if x.pin_name == "count_ingress" else x
                      for x in state.programs)
-    state = dataclasses.replace(state, programs=programs)
+    state = replace(state, programs=programs)
     live = recorded.live_state()
     p = plan(state, live)
     assert {a.address: a.kind for a in p.changes} == {"prog/count_ingress": Kind.REPLACE,
@@ -145,7 +145,7 @@ def test_entries_that_differ_are_written_and_restored_on_failure(tmp_path):
 
 def test_destroy_removes_links_then_programs_then_maps_and_only_under_the_pin_root(tmp_path):
     live = recorded.live_state(without=())
-    empty = dataclasses.replace(recorded.desired(), maps=(), programs=(), attachments=())
+    empty = replace(recorded.desired(), maps=(), programs=(), attachments=())
     p = plan(empty, live, destroy=True)
     kernel = FakeKernel()
     run(p, empty, live, kernel, tmp_path, destroy=True)
@@ -165,12 +165,12 @@ def test_every_action_of_a_plan_is_reported_done_once(tmp_path, scenario):
         state, live = recorded.desired(), recorded.live_state(without=() if scenario == "destroy" else
                                                               recorded.SCENARIO_PINS)
         if scenario == "replace":
-            state = dataclasses.replace(state, programs=tuple(dataclasses.replace(x, digest="new")
+            state = replace(state, programs=tuple(replace(x, digest="new")
                                                               for x in state.programs))
         if scenario == "entries":
-            live = dataclasses.replace(live, map_values={})
+            live = replace(live, map_values={})
         if scenario == "destroy":
-            state = dataclasses.replace(state, maps=(), programs=(), attachments=())
+            state = replace(state, maps=(), programs=(), attachments=())
         p = plan(state, live, destroy=scenario == "destroy")
     assert not p.errors
     kernel = FakeKernel()

@@ -14,7 +14,6 @@ recorded maps are the ones those objects make.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from bpfdeploy.kernel.live import (
     parse_programs,
 )
 from bpfdeploy.manifest.model import AttachMode, EntriesPolicy
+from bpfdeploy.model.frozen import replace
 from bpfdeploy.plan import (PLAN_FORMAT, STAGING_SUFFIX, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Resource,
                             WriteEntries, plan)
 from bpfdeploy.record import LegacyAttachment, Record
@@ -136,15 +136,15 @@ def desired(objects=tuple(OBJECT_MAPS), attachments=ATTACHMENTS) -> DesiredState
 
 
 def with_map(state: DesiredState, name: str, **changes) -> DesiredState:
-    maps = tuple(dataclasses.replace(m, **changes) if m.name == name else m for m in state.maps)
+    maps = tuple(replace(m, **changes) if m.name == name else m for m in state.maps)
     assert maps != state.maps, f"no map {name}"
-    return dataclasses.replace(state, maps=maps)
+    return replace(state, maps=maps)
 
 
 def with_attachment(state: DesiredState, name: str, **changes) -> DesiredState:
-    atts = tuple(dataclasses.replace(a, **changes) if a.name == name else a for a in state.attachments)
+    atts = tuple(replace(a, **changes) if a.name == name else a for a in state.attachments)
     assert atts != state.attachments, f"no attachment {name}"
-    return dataclasses.replace(state, attachments=atts)
+    return replace(state, attachments=atts)
 
 
 # ---------------------------------------------------------------- the live side
@@ -171,7 +171,7 @@ def recorded_hooks(include_foreign: bool = True) -> dict:
         else:
             continue
         old = hooks_[key]
-        hooks_[key] = dataclasses.replace(old, prog_ids=old.prog_ids + (link.prog_id,), attach_flags=flags)
+        hooks_[key] = replace(old, prog_ids=old.prog_ids + (link.prog_id,), attach_flags=flags)
     return hooks_
 
 
@@ -276,7 +276,7 @@ def test_nothing_live_creates_everything_in_dependency_order():
 def test_missing_cgroup_without_create_is_an_error():
     state = desired(attachments=ATTACHMENTS[:1])
     state = with_attachment(state, "ingress", create_cgroup=False)
-    hooks_ = {k: dataclasses.replace(h, target_exists=False) for k, h in recorded_hooks(False).items()}
+    hooks_ = {k: replace(h, target_exists=False) for k, h in recorded_hooks(False).items()}
     live = live_state(hooks_=hooks_, record=full_record(created_cgroups=()), existing_cgroups=frozenset())
     p = plan(state, live)
     assert [d.message for d in p.errors] == [f"cgroup {CGROUP} does not exist"]
@@ -305,7 +305,7 @@ def test_everything_live_and_recorded_is_a_noop():
 def test_changed_digest_replaces_the_program_and_moves_its_link_atomically():
     record = full_record()
     prog = live_program("progs/count_ingress")
-    record = dataclasses.replace(record, digests={**record.digests, str(prog.id): "sha256-of-an-older-build"})
+    record = replace(record, digests={**record.digests, str(prog.id): "sha256-of-an-older-build"})
     p = plan(desired(), live_state(record=record))
     assert changed(p) == {"prog/count_ingress": Kind.REPLACE, "attach/ingress": Kind.UPDATE}
     actions = by_address(p)
@@ -319,7 +319,7 @@ def test_changed_digest_replaces_the_program_and_moves_its_link_atomically():
 def test_program_id_missing_from_the_record_is_replaced():
     prog = live_program("progs/count_ingress")
     record = full_record()
-    record = dataclasses.replace(record, digests={k: v for k, v in record.digests.items() if k != str(prog.id)})
+    record = replace(record, digests={k: v for k, v in record.digests.items() if k != str(prog.id)})
     p = plan(desired(), live_state(record=record))
     assert changed(p) == {"prog/count_ingress": Kind.REPLACE, "attach/ingress": Kind.UPDATE}
     assert f"program id {prog.id}" in by_address(p)["prog/count_ingress"].reason
@@ -341,13 +341,13 @@ def test_a_record_that_lists_some_pins_refuses_the_others():
     live = live_state(without=())
     foreign = pin("maps/traffic")
     record = full_record(pins=tuple(x for x in live.record.pins if x != foreign))
-    p = plan(desired(), dataclasses.replace(live, record=record))
+    p = plan(desired(), replace(live, record=record))
     assert p.actions == () and [d.message.split(" ")[0] for d in p.errors] == ["maps/traffic"]
 
 
 def test_a_record_from_before_pins_were_recorded_vouches_for_the_layout_only():
     live = live_state(without=(), extra_pins=(str(ROOT / "state"),))
-    p = plan(desired(), dataclasses.replace(live, record=full_record(pins=None)))
+    p = plan(desired(), replace(live, record=full_record(pins=None)))
     assert [d.message.split(" ")[0] for d in p.errors] == ["state"] and p.actions == ()
 
 
@@ -355,18 +355,18 @@ def test_nested_pin_is_named_by_its_path_under_the_pin_root():
     """Issue 17 item 3: maps/sub/x was shown as map/x in the same plan as map/x itself."""
     nested = pin("maps/sub/traffic")
     base = live_state()
-    live = dataclasses.replace(base, pinned=tuple(sorted(base.pinned + (nested,))),
+    live = replace(base, pinned=tuple(sorted(base.pinned + (nested,))),
                                maps={**base.maps, nested: base.maps[pin("maps/traffic")]})
     # bpfdeploy never pins below maps/, progs/ or links/, so even a record that lists it does not make it ours.
     for record in (base.record, full_record(pins=base.record.pins + (nested,)), full_record(pins=None)):
-        p = plan(desired(), dataclasses.replace(live, record=record))
+        p = plan(desired(), replace(live, record=record))
         assert p.actions == ()
         assert [d.message.split(" ")[0] for d in p.errors] == ["maps/sub/traffic"]
 
 
 def test_symlinks_and_foreign_mounts_under_the_pin_root_are_errors_and_nothing_is_planned():
     """Issue 17 item 1: a symlinked maps/ sent pins outside the pin root."""
-    live = dataclasses.replace(live_state(), unsafe=((pin("maps"), "is a symlink (to /sys/fs/bpf/elsewhere)"),
+    live = replace(live_state(), unsafe=((pin("maps"), "is a symlink (to /sys/fs/bpf/elsewhere)"),
                                                      (pin("progs/sub"), "is a mount point of another file system")))
     p = plan(desired(), live)
     assert p.actions == ()
@@ -376,7 +376,7 @@ def test_symlinks_and_foreign_mounts_under_the_pin_root_are_errors_and_nothing_i
 
 
 def test_incompatible_map_geometry_is_an_error_by_default():
-    state = with_map(desired(), "traffic", geometry=dataclasses.replace(GEOMETRY["traffic"], max_entries=4))
+    state = with_map(desired(), "traffic", geometry=replace(GEOMETRY["traffic"], max_entries=4))
     p = plan(state, live_state())
     assert len(p.errors) == 1
     error = p.errors[0]
@@ -389,7 +389,7 @@ def test_incompatible_map_geometry_is_an_error_by_default():
 
 
 def test_incompatible_map_geometry_with_recreate_replaces_the_map_and_its_users():
-    state = with_map(desired(), "traffic", geometry=dataclasses.replace(GEOMETRY["traffic"], value_size=8),
+    state = with_map(desired(), "traffic", geometry=replace(GEOMETRY["traffic"], value_size=8),
                      recreate_if_incompatible=True)
     p = plan(state, live_state())
     assert p.errors == ()
@@ -536,7 +536,7 @@ def test_staged_link_left_by_an_interrupted_apply_is_deleted():
     staged = pin("links/ingress" + STAGING_SUFFIX)
     live = live_state()
     link = live.links[pin("links/ingress")]
-    live = dataclasses.replace(live, links={**live.links, staged: link}, pinned=tuple(sorted(live.pinned + (staged,))),
+    live = replace(live, links={**live.links, staged: link}, pinned=tuple(sorted(live.pinned + (staged,))),
                                record=full_record(pins=live.record.pins + (staged,)))  # the killed apply journaled it
     p = plan(desired(), live)
     assert changed(p) == {f"pin/links/ingress{STAGING_SUFFIX}": Kind.DELETE}
@@ -577,7 +577,7 @@ def test_destroy_of_nothing_is_empty():
 def test_plan_to_json():
     record = full_record()
     prog = live_program("progs/count_ingress")
-    record = dataclasses.replace(record, digests={**record.digests, str(prog.id): "old"})
+    record = replace(record, digests={**record.digests, str(prog.id): "old"})
     p = plan(desired(), live_state(without=(OLD_LINK, DEFUNCT_LINK), record=record))
     data = json.loads(json.dumps(p.to_json()))  # plain JSON types only
     from bpfdeploy.render.replies import FORMAT_VERSION
@@ -589,12 +589,12 @@ def test_plan_to_json():
     assert data["changes"] is True
     assert len(data["actions"]) == len(p.actions)
     assert [a["action"] for a in data["actions"]].count("replace") == 1
-    replace = next(a for a in data["actions"] if a["action"] == "replace")
-    assert replace["address"] == "prog/count_ingress" and "transition" in replace
+    replaced = next(a for a in data["actions"] if a["action"] == "replace")
+    assert replaced["address"] == "prog/count_ingress" and "transition" in replaced
     # before/after are typed fields (the text is kept beside them for readers)
-    assert replace["before"] == {"prog_type": prog.type, "name": prog.name, "prog_id": prog.id}
-    assert replace["after"]["function"] == "count_ingress" and replace["after"]["build"] == digest("count_ingress")
-    assert replace["before_text"] == f"{prog.type} {prog.name} id {prog.id}"
+    assert replaced["before"] == {"prog_type": prog.type, "name": prog.name, "prog_id": prog.id}
+    assert replaced["after"]["function"] == "count_ingress" and replaced["after"]["build"] == digest("count_ingress")
+    assert replaced["before_text"] == f"{prog.type} {prog.name} id {prog.id}"
     noop_map = next(a for a in data["actions"] if a["resource"] == "map" and a["action"] == "no-op")
     assert set(noop_map["after"]) == {"map_type", "key_size", "value_size", "max_entries", "flags"}
     assert all(isinstance(v, int) for k, v in noop_map["after"].items() if k != "map_type")
@@ -632,9 +632,9 @@ def test_pin_access_drift_is_an_update_and_matching_access_a_noop():
 
     wanted = PinAccess(gid=1000, mode=0o640, group_name="metrics")
     name = sorted(GEOMETRY)[0]
-    state = dataclasses.replace(with_map(desired(), name, access=wanted), pin_root_access=PinAccess(mode=0o755))
+    state = replace(with_map(desired(), name, access=wanted), pin_root_access=PinAccess(mode=0o755))
     map_pin = str(ROOT / "maps" / name)
-    live = dataclasses.replace(live_state(), pin_stats={map_pin: (0, 0, 0o600), str(ROOT): (0, 0, 0o755)})
+    live = replace(live_state(), pin_stats={map_pin: (0, 0, 0o600), str(ROOT): (0, 0, 0o755)})
     p = plan(state, live)
     assert changed(p) == {f"access/map/{name}": Kind.UPDATE}
     action = by_address(p)[f"access/map/{name}"]
@@ -644,7 +644,7 @@ def test_pin_access_drift_is_an_update_and_matching_access_a_noop():
     assert action.to_json()["after"] == {"gid": 1000, "mode": "0640"}
     assert by_address(p)["access/pin_root"].kind is Kind.NOOP  # mode 0755 as asked; owner/group not asked
 
-    fixed = dataclasses.replace(live, pin_stats={map_pin: (0, 1000, 0o640), str(ROOT): (5, 5, 0o755)})
+    fixed = replace(live, pin_stats={map_pin: (0, 1000, 0o640), str(ROOT): (5, 5, 0o755)})
     assert plan(state, fixed).changes == ()
 
 
