@@ -14,8 +14,6 @@ the same digest for the same inputs.
 
 from __future__ import annotations
 
-import enum
-import functools
 import hashlib
 import os
 import re
@@ -24,10 +22,11 @@ import stat
 from pathlib import Path
 from typing import Callable
 
+from bpfdeploy.caches import cache_dir  # noqa: F401 - re-exported: build's callers ask it where the cache is
 from bpfdeploy.diagnostics import BuildError, Diagnostic
 from bpfdeploy.kernel import runner
 from bpfdeploy.manifest.model import Manifest, ObjectSpec
-from bpfdeploy.model.frozen import frozen
+from bpfdeploy.model.built import BuiltObject, ObjectOrigin  # noqa: F401 - re-exported
 
 BUILD_FORMAT = "bpfdeploy-build-1"  # prebuilt `file` objects (their digest is unchanged since format 1)
 SOURCE_FORMAT = "bpfdeploy-build-2"  # `source` objects: path-independent since format 2
@@ -37,61 +36,6 @@ _INCLUDE = re.compile(rb'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 _ARCH = {"x86_64": ("x86", "x86_64-linux-gnu"), "aarch64": ("arm64", "aarch64-linux-gnu"),
          "arm64": ("arm64", "aarch64-linux-gnu"), "s390x": ("s390", "s390x-linux-gnu"),
          "ppc64le": ("powerpc", "powerpc64le-linux-gnu")}
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("BPFDEPLOY_CACHE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/cache/bpfdeploy")
-    return _user_cache_dir(os.geteuid(), os.environ.get("XDG_CACHE_HOME") or os.environ.get("HOME") or "")
-
-
-@functools.lru_cache(maxsize=4)
-def _user_cache_dir(uid: int, base: str) -> Path:
-    """An unprivileged user's cache: under XDG_CACHE_HOME or ~/.cache when that can be written.
-
-    A user without a usable home (nobody's /nonexistent, HOME=/root kept by sudo, a root-owned
-    ~/.cache left by `sudo bpfdeploy`) gets a private directory in the temporary directory instead
-    (mode 0700, checked to be theirs), so `validate` works for anyone who can read the manifest.
-    """
-    import tempfile
-
-    if base:
-        home_cache = Path(base) if os.environ.get("XDG_CACHE_HOME") else Path(base) / ".cache"
-        candidate = home_cache / "bpfdeploy"
-        try:
-            candidate.mkdir(parents=True, exist_ok=True)
-            if os.access(candidate, os.W_OK | os.X_OK):
-                return candidate
-        except OSError:
-            pass
-    private = Path(tempfile.gettempdir()) / f"bpfdeploy-{uid}"
-    try:
-        private.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(private)
-        if st.st_uid == uid and stat.S_ISDIR(st.st_mode) and not st.st_mode & 0o077:
-            return private
-    except OSError:
-        pass
-    return Path(tempfile.mkdtemp(prefix=f"bpfdeploy-{uid}-"))  # someone else holds that name: this run only
-
-
-class ObjectOrigin(enum.Enum):
-    """Where the ELF file that is loaded came from."""
-
-    LOCAL = "build"  # built here (or found in the build cache), or a prebuilt `file`
-    ARTIFACTS = "artifacts"  # taken from a `bpfdeploy build --out` directory, digests checked
-
-
-@frozen
-class BuiltObject:
-    name: str  # object name in the manifest
-    path: Path  # the ELF file to load
-    digest: str  # sha256 hex of everything that decides its bytes (the same for a local build and an artifact)
-    built: bool  # clang ran for it in this call (False: cache hit, prebuilt or artifact)
-    origin: ObjectOrigin = ObjectOrigin.LOCAL
 
 
 def clang_identity() -> str:

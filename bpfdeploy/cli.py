@@ -1,4 +1,4 @@
-"""Command line: argument parsing, rendering and exit codes only.
+"""Command line: commands, rendering and exit codes (the grammar of argv is cli_args.py).
 
 Each command calls one function of bpfdeploy/workflow.py and renders what it returns, as
 text or (--json) as a versioned reply (render/replies.py). Everything is imported lazily,
@@ -6,171 +6,24 @@ because start-up is most of what a no-op plan costs."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from bpfdeploy.cli_args import parse
+from bpfdeploy.cli_args import parser as _parser  # the argparse parser (help, errors, man page)
 from bpfdeploy.diagnostics import ApplyError, BpfdeployError, ExitCode
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error exits ExitCode.USAGE: 2 means "changes pending" to plan's callers."""
-
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
-
-
-class _Version(argparse.Action):
-    """--version: the versions are read only when asked (bpftool and clang each start a process)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        import platform
-
-        from bpfdeploy import __version__
-        from bpfdeploy.probe import tool_versions
-
-        v = tool_versions()
-        missing = "not found"
-        print(f"bpfdeploy {__version__} (Python {platform.python_version()})\n"
-              f"kernel    {platform.release()}\n"
-              f"bpftool   {v.bpftool or missing}" + (f" (built with libbpf {v.bpftool_libbpf})" if v.bpftool_libbpf else "")
-              + f"\nlibbpf    {v.libbpf or missing} (the libbpf.so.1 bpfdeploy loads)\n"
-              f"clang     {v.clang or missing}\n"
-              f"iproute2  {v.iproute2 or missing}")
-        parser.exit(ExitCode.OK)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bpfdeploy", description="Declarative deployment of eBPF programs.",
-                     epilog="exit codes: 0 ok, 1 error (a failed apply is rolled back), 2 changes pending "
-                            "(plan --detailed-exitcode), 3 drifted or not deployed (status), 4 locked "
-                            "(--lock-timeout passed), 5 partial (an optional attachment failed), 64 usage, "
-                            "70 internal error")
-    parser.add_argument("--version", action=_Version, nargs=0,
-                        help="show bpfdeploy's version and those of the kernel, bpftool, libbpf, clang and iproute2")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def common(p, manifest=True):
-        if manifest:
-            p.add_argument("manifest", type=Path, help="the manifest file (YAML)")
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        p.add_argument("--state-dir", type=Path, help="where deployment records live (default /var/lib/bpfdeploy, "
-                                                       "or $BPFDEPLOY_STATE_DIR)")
-        return p
-
-    def from_artifacts(p):
-        p.add_argument("--artifacts", type=Path, metavar="DIR",
-                       help="take the objects from DIR (made by 'bpfdeploy build --out DIR') instead of building: "
-                            "no clang; every digest is checked first")
-        p.add_argument("--allowed-signers", type=Path, metavar="FILE",
-                       help="with --artifacts: require a good signature by a key of this ssh allowed_signers file")
-        return p
-
-    def manifests(p):
-        p.add_argument("manifest", type=Path, nargs="+", help="manifest files ('-': standard input), or deployment "
-                                                              "names (the manifest their record names)")
-        return p
-
-    from_artifacts(common(manifests(sub.add_parser("validate", help="check manifests and report every problem")),
-                          manifest=False))
-    p = common(sub.add_parser("build", help="build every object of the manifest into a directory of artifacts, "
-                                            "for 'apply --artifacts' on hosts without clang"))
-    p.add_argument("--out", type=Path, metavar="DIR", required=True,
-                   help="where the objects and their index of digests (artifacts.json) are written")
-    p.add_argument("--sign-key", type=Path, metavar="KEY",
-                   help="sign the index with this ssh private key (ssh-keygen -Y sign, namespace bpfdeploy)")
-    p = from_artifacts(common(manifests(sub.add_parser("plan", help="show what apply would change")), manifest=False))
-    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 2: changes pending, 1: error")
-    p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
-    p.add_argument("--out", type=Path, metavar="FILE", help="save the plan, with a fingerprint of the live state, "
-                                                             "for 'bpfdeploy apply FILE'")
-    p.add_argument("--verify", action="store_true", help="load every new or changed program into the kernel and "
-                   "free it at once (nothing pinned or attached): show which ones the verifier accepts")
-    p = sub.add_parser("apply", help="make the kernel match the manifest (or carry out a saved plan)")
-    p.add_argument("manifest", type=Path, nargs="?", help="the manifest file (YAML), or a plan saved by plan --out")
-    p.add_argument("--all", type=Path, metavar="DIR", dest="all_dir",
-                   help="apply every manifest in DIR (*.yaml, *.yml, in name order), each with its own lock; one "
-                        "failing does not stop the others (what bpfdeploy.service runs at boot)")
-    from_artifacts(common(p, manifest=False))
-    p.add_argument("--check", action="store_true", help="plan only; change nothing")
-    p.add_argument("--verbose", "-v", action="store_true", help="list unchanged resources too")
-    p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
-                   help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
-    p = common(sub.add_parser("destroy", help="remove everything the deployment owns"), manifest=False)
-    p.add_argument("manifest", type=Path, help="the manifest file, or the deployment's name")
-    p.add_argument("--lock-timeout", type=float, default=60, metavar="SECONDS",
-                   help="how long to wait for another apply or destroy of the deployment (0: fail at once)")
-
-    p = sub.add_parser("status", help="deployments on this host, or one deployment in detail")
-    p.add_argument("manifest", type=Path, nargs="?", help="a deployment's manifest or name (omit: list every "
-                                                          "deployment)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--state-dir", type=Path, help="where deployment records live")
-    p.add_argument("--stats", nargs="?", type=float, const=1.0, metavar="SECONDS",
-                   help="measure run counts and run time over a window (default 1 s) with kernel.bpf_stats_enabled")
-    p.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
-                   help="refresh a live table every SECONDS (default 2) until Ctrl-C")
-    p.add_argument("--wide", action="store_true", help="keep every table cell on one line, however wide "
-                                                       "(the default when the output is not a terminal)")
-    from_artifacts(p)
-    p = sub.add_parser("dump", help="a deployment map's entries, formatted through BTF")
-    p.add_argument("deployment", help="deployment name or manifest file")
-    p.add_argument("map", help="map name, or .bss, .data or .rodata for its programs' globals "
-                               "(PROGRAM:.bss when they come from several objects)")
-    p.add_argument("--key-decode", action="append", default=[], metavar="[FIELD=]KIND",
-                   help="show the key (or a field of a key struct) as ipv4, ipv6, port, string, hex or integer; "
-                        "repeatable (default: as the manifest's metrics labels decode it)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--wide", action="store_true", help="keep every table cell on one line, however wide")
-    p.add_argument("--state-dir", type=Path, help="where deployment records live")
-    p = common(sub.add_parser("metrics", help="Prometheus metrics from deployments' maps and programs, on one port"),
-               manifest=False)
-    p.add_argument("manifest", type=Path, nargs="*",
-                   help="manifests to export (omit: every deployment recorded in the state dir)")
-    p.add_argument("--all", type=Path, metavar="DIR", dest="all_dir",
-                   help="export every manifest (*.yaml) in DIR; one that fails is reported as bpfdeploy_scrape_error")
-    p.add_argument("--listen", default=None, metavar="ADDR:PORT",
-                   help="serve /metrics over HTTP here (default 127.0.0.1:19435: 9435 is ebpf_exporter's)")
-    p.add_argument("--textfile", type=Path, metavar="PATH",
-                   help="write a node_exporter textfile (atomically) instead of serving; with --interval, repeatedly")
-    p.add_argument("--interval", type=float, metavar="SECONDS", help="with --textfile: rewrite every SECONDS")
-    p.add_argument("--once", action="store_true",
-                   help="write the exposition once and exit: to the --textfile if one is given, else to stdout")
-
-    p = sub.add_parser("graph", help="the deployment as a Graphviz DOT graph: objects -> programs -> maps and hooks")
-    p.add_argument("manifest", type=Path, help="the manifest file, or a deployment's name")
-    p.add_argument("--state-dir", type=Path, help="where deployment records live (to find a deployment by name)")
-    from_artifacts(p)
-
-    probe_p = sub.add_parser("probe", help="what this host's kernel and tools can run")
-    probe_sub = probe_p.add_subparsers(dest="probe_command", required=True, metavar="WHAT")
-    p = common(probe_sub.add_parser("features", help="kernel BPF features, tool versions, mounts, sysctls"),
-               manifest=False)
-    p.add_argument("--program-types", action="store_true", help="show program types only")
-    p.add_argument("--map-types", action="store_true", help="show map types only")
-    p.add_argument("--helpers", metavar="TYPE", help="show the helpers bpftool lists for one program type")
-    p.add_argument("--config", action="store_true", help="show system and kernel configuration only")
-    p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
-    p.add_argument("--cache-dir", type=Path, help="where probes are cached (default $BPFDEPLOY_PROBE_CACHE, "
-                                                  "else <build cache>/probe)")
-    p = from_artifacts(common(probe_sub.add_parser("check", help="does this manifest fit this host? exit 0 yes, 1 no")))
-    p.add_argument("--refresh", action="store_true", help="probe again even if this boot's probe is cached")
-    p.add_argument("--cache-dir", type=Path, help="where probes are cached")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     import signal
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `bpfdeploy plan … | head` ends quietly
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     if getattr(args, "allowed_signers", None) is not None and args.artifacts is None:
-        parser.error("--allowed-signers needs --artifacts DIR (a local build is not signed)")
+        _parser().error("--allowed-signers needs --artifacts DIR (a local build is not signed)")
     if getattr(args, "all_dir", None) is not None and args.manifest:
-        parser.error("metrics: give manifests or --all DIR, not both")
+        _parser().error("metrics: give manifests or --all DIR, not both")
     if args.state_dir:
         os.environ["BPFDEPLOY_STATE_DIR"] = str(args.state_dir)
     try:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from bpfdeploy import hooks
-from bpfdeploy.build import BuiltObject, ObjectOrigin
+from bpfdeploy.model.built import BuiltObject, ObjectOrigin
 from bpfdeploy.diagnostics import Diagnostic
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.load_errors import bad_map_definitions

@@ -2,7 +2,7 @@
 
 Preparing a manifest (parse, schema and semantic checks, source digests, object inspection,
 resolution) is pure given its inputs, so its result is kept, pickled, under a key made of the
-manifest's bytes, and is used again only while every file it was made from is unchanged:
+manifest's path and bytes, and is used again only while every file it was made from is unchanged:
 the manifest, the schema, every source, header, object file and include directory (by size,
 mtime and inode), the clang binary, the kernel's BTF, and bpfdeploy's own code.
 
@@ -15,12 +15,12 @@ directory changes whenever a process or child cgroup comes and goes), so removin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
+import zlib
 from pathlib import Path
 
-FORMAT = b"bpfdeploy-prepared-2"
+FORMAT = b"bpfdeploy-prepared-3"
 _CODE_DIR = Path(__file__).resolve().parent
 
 
@@ -61,7 +61,11 @@ def _code_stamps() -> list[tuple]:
     return [_stamp(str(p)) for p in sorted(_CODE_DIR.rglob("*.py"))]
 
 
-def _key(manifest: Path, cache: Path, variant: bytes = b"") -> Path:
+def _key(manifest: Path, cache: Path, variant: bytes = b"") -> tuple[Path, bytes]:
+    """The entry's file and the identity it must hold: format, manifest path, artifact set, manifest bytes.
+
+    The file is named by CRC-32s (zlib: hashlib would load OpenSSL, 2.7 ms of a no-op plan) and
+    holds the whole identity, which load() compares: a clash of names only misses the cache."""
     # variant: what the objects come from (b"": a local build; else the artifact set), so that a
     # locally built result is never served to a deploy from artifacts, or the reverse.
     from bpfdeploy.limits import MAX_MANIFEST_BYTES
@@ -70,8 +74,9 @@ def _key(manifest: Path, cache: Path, variant: bytes = b"") -> Path:
         text = fh.read(MAX_MANIFEST_BYTES + 1)  # never more: the loader refuses a larger manifest
     if len(text) > MAX_MANIFEST_BYTES:
         raise OSError(f"{manifest} is over the manifest size limit")  # not cached; the loader says why
-    digest = hashlib.sha256(FORMAT + b"\0" + str(manifest.resolve()).encode() + b"\0" + text + b"\0" + variant)
-    return cache / "prepared" / f"{digest.hexdigest()}.pickle"
+    where = FORMAT + b"\0" + str(manifest.resolve()).encode() + b"\0" + variant
+    name = f"{zlib.crc32(where):08x}-{zlib.crc32(text):08x}-{len(text)}.pickle"
+    return cache / "prepared" / name, where + b"\0" + text
 
 
 LD_SO_CACHE = "/etc/ld.so.cache"
@@ -96,9 +101,9 @@ def _inputs(prepared) -> list[str]:
         files += ["/etc/passwd", "/etc/group"]
     if any(att.binary is not None for att in prepared.manifest.attachments):
         files.append(LD_SO_CACHE)  # a uprobe `binary: libc` was resolved through it (libraries.py)
-    import shutil
+    from bpfdeploy.kernel.runner import which
 
-    clang = shutil.which("clang")
+    clang = which("clang")
     if clang:
         files.append(os.path.realpath(clang))
     return files
@@ -107,11 +112,12 @@ def _inputs(prepared) -> list[str]:
 def load(manifest: Path, cache: Path, variant: bytes = b""):
     """The prepared manifest if nothing it was made from has changed, else None."""
     try:
-        with open(_key(manifest, cache, variant), "rb") as fh:
-            inputs, presence, code, prepared = pickle.load(fh)
+        path, identity = _key(manifest, cache, variant)
+        with open(path, "rb") as fh:
+            stored, inputs, presence, code, prepared = pickle.load(fh)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
         return None
-    if code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs) \
+    if stored != identity or code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs) \
             or any(_presence(stamp[0], stamp[1]) != stamp for stamp in presence):
         return None
     return prepared
@@ -119,7 +125,7 @@ def load(manifest: Path, cache: Path, variant: bytes = b""):
 
 def store(manifest: Path, cache: Path, prepared, variant: bytes = b"") -> None:
     try:
-        path = _key(manifest, cache, variant)
+        path, identity = _key(manifest, cache, variant)
         if getattr(prepared, "provenance", None) is not None:
             from bpfdeploy.model.frozen import replace
 
@@ -129,7 +135,7 @@ def store(manifest: Path, cache: Path, prepared, variant: bytes = b"") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:
-            pickle.dump((inputs, presence, _code_stamps(), prepared), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump((identity, inputs, presence, _code_stamps(), prepared), fh, protocol=pickle.HIGHEST_PROTOCOL)
         tmp.replace(path)
     except (OSError, pickle.PicklingError, TypeError, AttributeError):
         pass  # no cache: prepare in full next time

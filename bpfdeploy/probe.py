@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 import zlib
 from collections.abc import Collection, Iterable, Mapping
@@ -532,7 +531,7 @@ def _identity(path: str | None) -> str | None:
 
 def _tool_identities(libbpf_soname: str | None) -> dict[str, str | None]:
     """What must be unchanged for the cached versions to stay true (a few stat calls)."""
-    return {"clang": _identity(shutil.which("clang")), "tc": _identity(shutil.which("tc")),
+    return {"clang": _identity(runner.which("clang")), "tc": _identity(runner.which("tc")),
             "libbpf": _identity(libbpf_soname)}
 
 
@@ -572,10 +571,10 @@ def _read_versions() -> tuple[ToolVersions, str | None]:
     except ValueError:
         info = {}
     clang = tc = None
-    if shutil.which("clang"):
+    if runner.which("clang"):
         result = runner.run(["clang", "--version"])
         clang = _first_match(r"clang version (\S+)", result.stdout) if result.returncode == 0 else None
-    if shutil.which("tc"):
+    if runner.which("tc"):
         result = runner.run(["tc", "-V"])
         tc = _first_match(r"iproute2-(?:ss)?([\w.]+)", result.stdout) if result.returncode == 0 else None
     libbpf, soname = _system_libbpf()
@@ -594,7 +593,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("BPFDEPLOY_PROBE_CACHE")
     if env:
         return Path(env)
-    from bpfdeploy.build import cache_dir
+    from bpfdeploy.caches import cache_dir
 
     return cache_dir() / "probe"
 
@@ -615,7 +614,7 @@ def probe_features(cache_dir: Path | None = None, refresh: bool = False, *, full
     Raises HostError when bpftool is missing or the probe fails (not root, for example).
     """
     host = read_host_state()
-    bpftool = shutil.which("bpftool")
+    bpftool = runner.which("bpftool")
     if bpftool is None:
         raise HostError("bpftool is not installed: it is needed to probe kernel features")
     ident = _identity(bpftool) or bpftool

@@ -8,6 +8,7 @@ benchmarks can count processes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 from bpfdeploy.model.frozen import frozen
@@ -30,6 +31,20 @@ class Result:
                 pass
         lines = [ln for ln in self.stderr.splitlines() if not ln.startswith("Warning: bpftool is now running in libbpf strict mode")]
         return "\n".join(lines).strip() or text
+
+
+def which(name: str) -> str | None:
+    """Where a command is on PATH, as shutil.which finds it (shutil costs 1.9 ms to import,
+    most of it for archive formats, and every command asks where bpftool is)."""
+    if os.sep in name:
+        candidates = [name]
+    else:
+        path = os.environ.get("PATH", os.defpath)
+        if not path:
+            return None
+        candidates = [os.path.join(d, name) for d in dict.fromkeys(path.split(os.pathsep))]
+    return next((c for c in candidates if os.path.exists(c) and os.access(c, os.X_OK) and not os.path.isdir(c)),
+                None)
 
 
 calls: list[tuple[str, ...]] = []  # every argv run by this process, in order

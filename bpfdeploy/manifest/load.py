@@ -223,7 +223,7 @@ def _validated_marker(raw: RawManifest) -> Path | None:
     import hashlib
     import os
 
-    from bpfdeploy.build import cache_dir
+    from bpfdeploy.caches import cache_dir
 
     try:
         digest = hashlib.sha256(SCHEMA_PATH.read_bytes() + b"\0" + raw.path.read_bytes()).hexdigest()

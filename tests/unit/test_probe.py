@@ -477,7 +477,7 @@ def fake(monkeypatch, tmp_path):
     bindir.mkdir()
     for tool in ("bpftool", "clang", "tc"):
         (bindir / tool).write_text(f"#!/bin/sh\n# fake {tool}\n")
-    monkeypatch.setattr(probe.shutil, "which", lambda name: str(bindir / name) if (bindir / name).exists() else None)
+    monkeypatch.setattr(probe.runner, "which", lambda name: str(bindir / name) if (bindir / name).exists() else None)
     monkeypatch.setattr(probe, "_system_libbpf", lambda: ("1.1.2", None))
     fake.host = HOST
     monkeypatch.setattr(probe, "read_host_state", lambda: fake.host)
