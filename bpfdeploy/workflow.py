@@ -111,9 +111,14 @@ def prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = F
     (one entry per artifact set, apart from the local build's; artifacts are verified again
     on every use).
     """
-    if destroy:
-        return _prepare(path, on_build, destroy=True)
     from bpfdeploy import prepared_cache
+
+    if destroy:
+        # Destroy needs the name and pin root only: a prepared manifest has them without the loader.
+        cached = prepared_cache.load(path, cache_dir())
+        if cached is not None:
+            return _for_destroy(cached.manifest, cached.warnings)
+        return _prepare(path, on_build, destroy=True)
 
     source = None
     variant = b""
@@ -149,9 +154,7 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
     manifest, warnings = load_manifest(path, files_must_exist=not destroy and not for_build,
                                        objects_must_exist=(not destroy and source is None) or for_build)
     if destroy:
-        # Destroy needs the deployment's name and pin root only: nothing is built.
-        empty = DesiredState(manifest.name, manifest.pin_root, (), (), ())
-        return Prepared(manifest, {}, empty, tuple(warnings))
+        return _for_destroy(manifest, tuple(warnings))  # nothing is built
     cache = cache_dir()
     provenance = None
     if source is not None:
@@ -180,6 +183,11 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
     if desired is None:
         raise ManifestError(f"{path}: {len(problems2)} problem(s)", tuple(warnings) + tuple(problems2))
     return Prepared(manifest, built, desired, tuple(warnings), provenance)
+
+
+def _for_destroy(manifest: Manifest, warnings: tuple[Diagnostic, ...]) -> Prepared:
+    """What destroy needs of a manifest: the deployment's name and pin root, with nothing desired."""
+    return Prepared(manifest, {}, DesiredState(manifest.name, manifest.pin_root, (), (), ()), warnings)
 
 
 def build_artifacts(manifest: Path, out: Path, sign_key: Path | None = None,

@@ -15,20 +15,22 @@ import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
-from bpfdeploy.desired import DesiredAttachment, DesiredProgram, DesiredState
 from bpfdeploy.diagnostics import ApplyError, KernelError
-from bpfdeploy.load_errors import load_failure_message, name_in_log
 from bpfdeploy.hooks import HookKind
 from bpfdeploy.kernel import libbpf
 from bpfdeploy.kernel.door import Kernel, real_dir
 from bpfdeploy.kernel.live import LiveState
+from bpfdeploy.model.desired import DesiredAttachment, DesiredProgram, DesiredState
 from bpfdeploy.model.frozen import field, frozen
 from bpfdeploy.plan import (STAGING_SUFFIX, Action, Cleanup, Kind, LegacyAttach, LegacyDetach, NewMap, Plan, Qdisc,
                             Resource, TcFilter, TcFilterRemoval, WriteEntries, XdpTakeover)
 from bpfdeploy.record import (Journal, LegacyAttachment, Record, boot_id, journal_path, remove_record, vars_of,
                               write_record)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (2 ms); type checkers read it as True
+if TYPE_CHECKING:
+    from typing import Callable, Iterator
 
 
 @frozen(mutable=True)
@@ -284,6 +286,8 @@ class _Run:
             try:
                 loaded = self.k.load_object(str(user.object_path), str(self.d.pin_root), {}, {})
             except KernelError as exc:
+                from bpfdeploy.load_errors import load_failure_message, name_in_log  # only when a load fails
+
                 failure, message = load_failure_message(user.object, user.origin, exc)
                 outer = dict(user.maps).get(failure.item) if failure.item_kind == "map" else None
                 if outer and outer != m.name:  # blame the map libbpf names, not the first one created
@@ -348,6 +352,8 @@ class _Run:
                                         {a.desired.function: (a.desired.type_override, a.desired.expected_attach_type)
                                          for a in group}, reuse, dict(first.globals))
         except KernelError as exc:
+            from bpfdeploy.load_errors import load_failure_message, name_in_log  # only when a load fails
+
             failure, message = load_failure_message(first.object, first.origin, exc)
             culprit = next((a for a in group if a.desired.function == failure.item), None) \
                 if failure.item_kind == "program" else None
