@@ -10,6 +10,7 @@ Order: cgroups, maps, programs, attachments; deletions in the reverse order at t
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 
 from bpfdeploy.model.desired import DesiredAttachment, DesiredMap, DesiredProgram, DesiredState, PinAccess
@@ -245,14 +246,17 @@ class Plan:
 def _anchors_first(attachments) -> list:
     """Attachments in manifest order, except that one placed before/after another comes after it,
     so that apply makes the anchor's link first."""
-    out: list = []
-    pending = list(attachments)
     names = {a.name for a in attachments}
+    if not any(a.order is not None and a.order.anchor in names for a in attachments):
+        return list(attachments)  # nothing is anchored to another: manifest order (the usual case)
+    out: list = []
+    done: set[str] = set()
+    pending = list(attachments)
     while pending:
-        done = {a.name for a in out}
         ready = next((a for a in pending if a.order is None or a.order.anchor is None or a.order.anchor in done
                       or a.order.anchor not in names), pending[0])
         out.append(ready)
+        done.add(ready.name)
         pending.remove(ready)
     return out
 
@@ -267,14 +271,36 @@ def plan(desired: DesiredState, live: LiveState, manifest_file: str = "", destro
 LAYOUT = ("links", "progs", "maps")  # the only directories bpfdeploy pins in, one level deep
 
 
-def _in_layout(root: Path, pin: str) -> bool:
-    parts = Path(pin).relative_to(root).parts
+def _relative(root: Path | str, pin: str) -> str:
+    """A pin's path below the pin root, as Path.relative_to gives it (in string operations: the
+    planner asks this of every pin, and building Paths was most of a no-op plan at N = 2,000)."""
+    prefix = str(root).rstrip("/") + "/"
+    if pin.startswith(prefix) and "//" not in pin and "/./" not in pin and not pin.endswith("/"):
+        return pin[len(prefix):]
+    return str(Path(pin).relative_to(root))
+
+
+def _with_parents(path: str, known: set[str]) -> set[str]:
+    """The path and its parents as Path(path).parents names them (strings: see _relative),
+    stopping at the first one already known (its parents are known too)."""
+    if "//" in path or "/./" in path or path.endswith(("/", "/.")) or not path.startswith("/"):
+        p = Path(path)
+        return {str(x) for x in (p, *p.parents)}
+    out = set()
+    while path not in known and path not in out:
+        out.add(path)
+        path = os.path.dirname(path)
+    return out
+
+
+def _in_layout(root: Path | str, pin: str) -> bool:
+    parts = _relative(root, pin).split("/")
     return len(parts) == 2 and parts[0] in LAYOUT
 
 
-def pin_address(root: Path, pin: str) -> str:
+def pin_address(root: Path | str, pin: str) -> str:
     """How a pin is named in a plan: its path relative to the pin root (maps/sub/x, never x)."""
-    return str(Path(pin).relative_to(root))
+    return _relative(root, pin)
 
 
 class _Planner:
@@ -382,9 +408,10 @@ class _Planner:
                 hint="remove it (bpfdeploy follows no symlink and changes nothing until it is gone), "
                      "or choose another pin root"))
         record = self.live.record
-        root = Path(self.d.pin_root)
+        root = str(self.d.pin_root)
+        owned = set(record.pins) if record is not None and record.pins is not None else None  # None: all
         for pin in self.live.pinned:
-            if record is not None and record.owns_pin(pin) and _in_layout(root, pin):
+            if record is not None and (owned is None or pin in owned) and _in_layout(root, pin):
                 continue
             self.diags.append(Diagnostic(
                 f"{pin_address(root, pin)} ({pin}) is inside the pin root but was not made by bpfdeploy: "
@@ -802,11 +829,11 @@ class _Planner:
                                            payload=LegacyDetach(old)))
         order = {"links": 0, "progs": 1, "maps": 2}
         leftovers = sorted((p for p in self.live.pinned if p not in self.explained),
-                           key=lambda p: (order.get(Path(p).relative_to(root).parts[0], 3), p))
+                           key=lambda p: (order.get(_relative(root, p).split("/")[0], 3), p))
         for pin in leftovers:
-            rel = pin_address(Path(root), pin)
-            top = Path(rel).parts[0]
-            direct = len(Path(rel).parts) == 2  # maps/sub/x is not map/x: only a direct child is named by kind
+            rel = pin_address(root, pin)
+            top = rel.split("/")[0]
+            direct = rel.count("/") == 1  # maps/sub/x is not map/x: only a direct child is named by kind
             staged = pin.endswith(STAGING_SUFFIX)
             if staged and direct and top in ("links", "progs", "maps"):
                 # Garbage of a killed apply: removed first, so that staging can use the name again.
@@ -840,8 +867,10 @@ class _Planner:
                                            "added by this deployment and no longer used (removed only when it "
                                            "holds no filters)", live_pin=qdisc, before=qdisc_state(qdisc),
                                            payload=Qdisc(*split_device_target(qdisc))))
-        wanted = [Path(a.target) for a in self.d.attachments if a.kind is HookKind.CGROUP]
-        wanted_cgroups = {str(p) for w in wanted for p in (w, *w.parents)}  # a used cgroup's parents stay too
+        wanted_cgroups: set[str] = set()  # every used cgroup and its parents, which stay too
+        for a in self.d.attachments:
+            if a.kind is HookKind.CGROUP:
+                wanted_cgroups |= _with_parents(a.target, wanted_cgroups)
         # Children before their parents.
         for cgroup in sorted(record.created_cgroups if record else (), key=lambda c: (-c.count("/"), c)):
             if cgroup not in wanted_cgroups and cgroup in self.live.existing_cgroups:

@@ -126,7 +126,22 @@ class DesiredState:
         return tuple(out)
 
     def program(self, pin_name: str) -> DesiredProgram | None:
-        return next((p for p in self.programs if p.pin_name == pin_name), None)
+        return self._index()[0].get(pin_name)
 
     def map(self, name: str) -> DesiredMap | None:
-        return next((m for m in self.maps if m.name == name), None)
+        return self._index()[1].get(name)
+
+    __slots__ = ("_by_name",)  # (programs by pin name, maps by name): planner and applier ask per attachment
+
+    def _index(self) -> tuple[dict, dict]:
+        try:
+            return self._by_name
+        except AttributeError:
+            programs: dict = {}
+            maps: dict = {}
+            for p in self.programs:
+                programs.setdefault(p.pin_name, p)  # the first, as a search in order finds
+            for m in self.maps:
+                maps.setdefault(m.name, m)
+            object.__setattr__(self, "_by_name", (programs, maps))
+            return self._by_name

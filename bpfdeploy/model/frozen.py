@@ -19,7 +19,9 @@ fields in order (defaults and `field(default_factory=...)` as there), `__slots__
 a repr `Pin(path='/x', kind='prog', labels={})`, no assignment after construction
 (FrozenInstanceError, an AttributeError), pickling and copying. `@frozen(mutable=True)`
 keeps assignment and drops the hash (dataclasses' plain `@dataclass`). `replace()`,
-`asdict()` and `fields()` work as dataclasses' do. Not supported, because nothing here
+`asdict()` and `fields()` work as dataclasses' do. A `__slots__` written in the class body
+adds slots that are not fields (not in `__init__`, equality, repr or pickles): room for an
+index a method builds once (set it with `object.__setattr__`). Not supported, because nothing here
 needs them: inheritance between frozen classes, ClassVar and InitVar fields, ordering,
 `__post_init__`.
 """
@@ -149,9 +151,12 @@ def _make(cls, mutable: bool):
                 uncompared.add(name)
         elif value is not _MISSING:
             defaults[name] = value
+    extra = tuple(ns.pop("__slots__", ()))  # not fields: caches a method fills in
+    for name in extra:
+        ns.pop(name, None)  # the member descriptor the class statement made for it
     ns.pop("__dict__", None)
     ns.pop("__weakref__", None)
-    ns["__slots__"] = names
+    ns["__slots__"] = names + extra
     ns["__match_args__"] = names
     ns["__frozen_fields__"] = names
     ns["__frozen_repr__"] = tuple(n for n in names if n not in hidden)
