@@ -32,19 +32,34 @@ def _stamp(path: str) -> tuple:
     return (path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _presence(path: str, must_exist: bool = True) -> tuple:
+def _presence(path: str, must_exist: bool = True, parents: dict | None = None) -> tuple:
     """What a path is and where it leads, for checks that only ask whether it exists (and is inside a mount).
 
     must_exist False (a cgroup with `create`): only where it leads counts, so that the apply that
-    creates it does not throw the prepared manifest away.
+    creates it does not throw the prepared manifest away. ``parents`` keeps the real paths of
+    directories already resolved, for a manifest of thousands of cgroups under one parent.
     """
     if not must_exist:
-        return (path, must_exist, os.path.realpath(path))
+        return (path, must_exist, _realpath(path, parents))
     try:
         st = os.stat(path)
     except OSError:
         return (path, must_exist, None)
-    return (path, must_exist, "dir" if os.path.isdir(path) else "file", st.st_ino, os.path.realpath(path))
+    return (path, must_exist, "dir" if os.path.isdir(path) else "file", st.st_ino, _realpath(path, parents))
+
+
+def _realpath(path: str, parents: dict | None) -> str:
+    """os.path.realpath, resolving each parent directory once: the real path of a/b is the real
+    path of a joined with b, unless b itself is a symlink (or the path is not plain)."""
+    if parents is None or not path.startswith("/") or "/." in path or "//" in path or path.endswith("/"):
+        return os.path.realpath(path)
+    parent, base = os.path.split(path)
+    if not base or os.path.islink(path):
+        return os.path.realpath(path)
+    real_parent = parents.get(parent)
+    if real_parent is None:
+        real_parent = parents[parent] = os.path.realpath(parent)
+    return os.path.join(real_parent, base)
 
 
 def _presence_paths(prepared) -> list[tuple[str, bool]]:
@@ -117,8 +132,9 @@ def load(manifest: Path, cache: Path, variant: bytes = b""):
             stored, inputs, presence, code, prepared = pickle.load(fh)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, TypeError):
         return None
+    parents: dict = {}
     if stored != identity or code != _code_stamps() or any(_stamp(stamp[0]) != stamp for stamp in inputs) \
-            or any(_presence(stamp[0], stamp[1]) != stamp for stamp in presence):
+            or any(_presence(stamp[0], stamp[1], parents) != stamp for stamp in presence):
         return None
     return prepared
 
@@ -131,7 +147,8 @@ def store(manifest: Path, cache: Path, prepared, variant: bytes = b"") -> None:
 
             prepared = replace(prepared, provenance=None)  # verified again at every use
         inputs = [_stamp(f) for f in _inputs(prepared)]
-        presence = [_presence(p, must) for p, must in _presence_paths(prepared)]
+        parents: dict = {}
+        presence = [_presence(p, must, parents) for p, must in _presence_paths(prepared)]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as fh:

@@ -205,21 +205,39 @@ def _link_text(path: str) -> str:
         return "?"
 
 
+LIVE_READS = tuple(("bpftool", "-j", "-f", kind, "show") for kind in ("prog", "map", "link"))
+
+
 def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> LiveState:
-    """Everything the planner needs about this deployment, read once."""
+    """Everything the planner needs about this deployment, read once.
+
+    bpftool's three reads are the slowest part (every program, map and link on the host, and
+    every pin of bpffs: 70 ms with 2,000 programs), so they start first and run while the pin
+    root is walked and the hooks are queried."""
     root = desired.pin_root
-    record = read_record(desired.name, str(root), state_dir)
-    existing_cgroups = frozenset(c for c in record.created_cgroups if os.path.isdir(c))
-    overlapping = tuple((n, r) for n, r in other_deployments(desired.name, state_dir) if _overlaps(Path(r), root))
-    if not bpffs_mounted():
-        return LiveState(root, False, (), overlapping, record=record, bpffs_mounted=False,
-                         hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
-    root_exists, pinned, unsafe = walk_pin_root(root)
+    mounted = bpffs_mounted()
+    started = [(list(a), runner.start(list(a))) for a in LIVE_READS] if mounted and desired.attachments else None
+    try:
+        record = read_record(desired.name, str(root), state_dir)
+        existing_cgroups = frozenset(c for c in record.created_cgroups if os.path.isdir(c))
+        overlapping = tuple((n, r) for n, r in other_deployments(desired.name, state_dir)
+                            if _overlaps(Path(r), root))
+        if not mounted:
+            return LiveState(root, False, (), overlapping, record=record, bpffs_mounted=False,
+                             hooks=_read_hooks(desired, record, {}), existing_cgroups=existing_cgroups)
+        root_exists, pinned, unsafe = walk_pin_root(root)
+        if started is None and pinned:
+            started = [(list(a), runner.start(list(a))) for a in LIVE_READS]
+        hooks = _read_hooks(desired, record, None)  # all but sockmaps' (they need the maps)
+        results = [runner.finish(a, p) for a, p in started] if started else None
+    except BaseException:
+        for _argv, proc in started or ():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+        raise
     programs = maps = links = names = map_names = {}
-    if pinned or desired.attachments:
-        argvs = [["bpftool", "-j", "-f", kind, "show"] for kind in ("prog", "map", "link")]
-        procs = [runner.start(a) for a in argvs]
-        results = [runner.finish(a, p) for a, p in zip(argvs, procs)]
+    if results:
         for i, r in enumerate(results):
             for attempt in range(4):
                 if r.returncode == 0:
@@ -238,9 +256,10 @@ def read_live_state(desired: DesiredState, state_dir: Path | None = None) -> Liv
         map_names = {m.id: m.name for m in all_maps}
         maps = index_by_pin(all_maps, root)
         links = _with_ifindex(index_by_pin(parse_links(results[2].stdout), root))
+    hooks.update(_read_hooks(desired, record, maps, only_sockmaps=True))
     map_values = _read_map_values(desired, maps)
     return LiveState(root, root_exists, pinned, overlapping, programs, maps, links,
-                     _read_hooks(desired, record, maps), record, True, map_values, names,
+                     hooks, record, True, map_values, names,
                      existing_cgroups, map_names, read_pin_stats(desired), unsafe)
 
 
@@ -299,14 +318,21 @@ def _read_map_values(desired: DesiredState, maps: dict) -> dict:
     return out
 
 
-def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
-    """What is attached at every hook the deployment uses now or used before (legacy attaches)."""
+def _read_hooks(desired: DesiredState, record: Record, maps: dict | None, only_sockmaps: bool = False) -> dict:
+    """What is attached at every hook the deployment uses now or used before (legacy attaches).
+
+    maps None: every hook but sockmaps'; only_sockmaps: those alone (a sockmap's hook is a
+    pinned map of the deployment, known once bpftool has listed the maps); maps {}: all, none
+    of the sockmaps there."""
     out: dict = {}
     fd_hooks: dict[HookKey, str] = {}
     device_hooks: dict[HookKey, tuple[str, str | None]] = {}  # -> (device, netns file)
     for att in desired.attachments:
+        sockmap = att.kind is HookKind.SOCKMAP
+        if (only_sockmaps and not sockmap) or (sockmap and maps is None):
+            continue
         key = hook_key(att.kind, att.target, att.attach_type.value)
-        if att.kind is HookKind.SOCKMAP:
+        if sockmap:
             fd_hooks[key] = str(desired.map(att.target).pin)
         elif att.kind is HookKind.DEVICE:
             device_hooks[key] = (att.device, att.netns)
@@ -314,13 +340,13 @@ def _read_hooks(desired: DesiredState, record: Record, maps: dict) -> dict:
             out[key] = _trace_hook(att)
         else:
             fd_hooks[key] = att.target
-    for legacy in record.legacy:
+    for legacy in () if only_sockmaps else record.legacy:
         if legacy.attach_type in (TC_INGRESS, TC_EGRESS):
             device_hooks.setdefault(hook_key(HookKind.DEVICE, legacy.target, legacy.attach_type),
                                     split_device_target(legacy.target))
         else:
             fd_hooks.setdefault(hook_key(HookKind.CGROUP, legacy.target, legacy.attach_type), legacy.target)
-    out.update(_fd_hooks(fd_hooks, maps))
+    out.update(_fd_hooks(fd_hooks, maps or {}))
     out.update(_device_hooks(device_hooks))
     return out
 
