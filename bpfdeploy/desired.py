@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 from pathlib import Path
 
 from bpfdeploy import hooks
@@ -34,37 +33,6 @@ from bpfdeploy.model.desired import (  # noqa: F401
     DesiredState,
     MapGeometry,
 )
-from bpfdeploy.model.frozen import asdict
-
-OBJECT_INFO_FORMAT = 2
-
-
-def object_info(built: BuiltObject, cache: Path | None):
-    """Programs and maps of a built object; cached beside it by digest (opening ELF costs time)."""
-    from bpfdeploy.kernel import libbpf  # ctypes and libbpf.so only when an object is opened
-
-    cached = cache / "objects" / f"{built.digest}.json" if cache else None
-    if cached is not None and cached.exists():
-        try:
-            data = json.loads(cached.read_text())
-            if data.get("format") == OBJECT_INFO_FORMAT:
-                return libbpf.ObjectInfo(tuple(libbpf.ObjectProgram(**p) for p in data["programs"]),
-                                         tuple(libbpf.ObjectMap(**m) for m in data["maps"]),
-                                         tuple(libbpf.ObjectGlobal(**g) for g in data["globals"]))
-        except (ValueError, KeyError, TypeError):
-            pass
-    info = libbpf.inspect_object(str(built.path))
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"format": OBJECT_INFO_FORMAT, "programs": [asdict(p) for p in info.programs],
-                                       "maps": [asdict(m) for m in info.maps],
-                                       "globals": [asdict(g) for g in info.globals]}))
-            tmp.replace(cached)
-        except OSError:
-            pass
-    return info
 
 
 def obj_origin(manifest: Manifest, obj) -> str:
@@ -76,9 +44,13 @@ def obj_origin(manifest: Manifest, obj) -> str:
         return str(path)
 
 
-def resolve(manifest: Manifest, built: dict[str, BuiltObject],
-            infos: dict) -> tuple[DesiredState | None, list[Diagnostic]]:
-    """Join the manifest with its objects; every problem is collected."""
+def resolve(manifest: Manifest, built: dict[str, BuiltObject], infos: dict,
+            map_fields: dict | None = None) -> tuple[DesiredState | None, list[Diagnostic]]:
+    """Join the manifest with its objects; every problem is collected.
+
+    ``infos``: object name -> what the object holds; ``map_fields``: object name -> the BTF fields
+    of its maps (for the metrics), both read beforehand by bpfdeploy/object_info.py: this
+    function opens no object, runs no command and writes nothing."""
     problems: list[Diagnostic] = []
     file = str(manifest.file)
 
@@ -197,7 +169,7 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
         if metric.map not in map_defs:
             diag(metric.where + ("map",), f"metric {metric.name!r} reads map {metric.map!r}, which no object defines",
                  _choices(metric.map, map_defs))
-    _check_metric_fields(manifest, built, map_defs, diag)
+    _check_metric_fields(manifest, map_fields or {}, map_defs, diag)
     by_pin = {p.pin_name: p for p in programs}
     attachments: list[DesiredAttachment] = []
     for att in manifest.attachments:
@@ -258,19 +230,16 @@ def resolve(manifest: Manifest, built: dict[str, BuiltObject],
                         manifest.pin_root_access), problems
 
 
-def _check_metric_fields(manifest: Manifest, built: dict, map_defs: dict, diag) -> None:
-    """A metric's value field and label fields must exist in the map's BTF (when the BTF says)."""
-    wanted = [m for m in manifest.metrics if m.map in map_defs]
-    if not wanted:
-        return
-    from bpfdeploy.btf_fields import read_map_fields
+def _check_metric_fields(manifest: Manifest, fields_of: dict, map_defs: dict, diag) -> None:
+    """A metric's value field and label fields must exist in the map's BTF (when the BTF says).
 
-    fields_of: dict[str, dict] = {}  # object name -> {object map name: MapFields}
+    ``fields_of``: object name -> {object map name: MapFields}; an object missing from it is not checked."""
+    wanted = [m for m in manifest.metrics if m.map in map_defs]
     for metric in wanted:
         obj_name = map_defs[metric.map][1]
         obj = next(o for o in manifest.objects if o.name == obj_name)
         if obj_name not in fields_of:
-            fields_of[obj_name] = read_map_fields(built[obj_name].path)
+            continue
         inner = next((i for i in fields_of[obj_name] if obj.deployment_map_name(i) == metric.map), None)
         fields = fields_of[obj_name].get(inner) if inner else None
         if fields is None:

@@ -148,7 +148,8 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
     # needs them but not the target's cgroups, netns and binaries.
     # Imported here: a prepared manifest from the cache needs none of the loader, builder or resolver.
     from bpfdeploy.build import build_all
-    from bpfdeploy.desired import obj_origin, object_info, resolve
+    from bpfdeploy.desired import obj_origin, resolve
+    from bpfdeploy.object_info import metric_map_fields, object_info
     from bpfdeploy.manifest import load_manifest
 
     manifest, warnings = load_manifest(path, files_must_exist=not destroy and not for_build,
@@ -179,7 +180,7 @@ def _prepare(path: Path, on_build: BuildCallback | None = None, destroy: bool = 
                                        hint))
     if any(d.severity == "error" for d in problems):
         raise ManifestError(f"{path}: objects could not be opened", tuple(problems))
-    desired, problems2 = resolve(manifest, built, infos)
+    desired, problems2 = resolve(manifest, built, infos, metric_map_fields(manifest, built, infos))
     if desired is None:
         raise ManifestError(f"{path}: {len(problems2)} problem(s)", tuple(warnings) + tuple(problems2))
     return Prepared(manifest, built, desired, tuple(warnings), provenance)

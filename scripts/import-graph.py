@@ -4,7 +4,7 @@
     python3 scripts/import-graph.py            # every edge, "a -> b" (lazy imports marked "(lazy)")
     python3 scripts/import-graph.py --upward   # only the edges that run against the data flow
 
-The layers, in the order data flows: model < manifest < build < desired < kernel.live/probe <
+The layers, in the order data flows: model < manifest < build < object_info < desired < kernel.live/probe <
 plan < kernel.apply < workflow < render/cli. An edge from a lower layer to a higher one is "upward".
 """
 
@@ -48,7 +48,7 @@ def edges() -> list[tuple[str, str, bool]]:
 
 LAYERS = ["bpfdeploy.diagnostics", "bpfdeploy.model", "bpfdeploy.manifest", "bpfdeploy.hooks", "bpfdeploy.host",
           "bpfdeploy.kernel.runner", "bpfdeploy.build", "bpfdeploy.kernel.libbpf", "bpfdeploy.kernel.elfsym",
-          "bpfdeploy.kernel.netns", "bpfdeploy.desired", "bpfdeploy.record", "bpfdeploy.kernel.live",
+          "bpfdeploy.kernel.netns", "bpfdeploy.object_info", "bpfdeploy.desired", "bpfdeploy.record", "bpfdeploy.kernel.live",
           "bpfdeploy.probe", "bpfdeploy.plan", "bpfdeploy.kernel.apply", "bpfdeploy.lock", "bpfdeploy.status",
           "bpfdeploy.metrics", "bpfdeploy.workflow", "bpfdeploy.render", "bpfdeploy.cli"]
 

@@ -73,3 +73,65 @@ def test_only_apply_changes_the_kernel():
 def test_the_scan_finds_mutations_where_they_are():
     # The check above must be able to fail: apply.py really holds such calls.
     assert len(_mutating_calls(ROOT / "bpfdeploy/kernel/apply.py")) >= 5
+
+
+# The desired state, the model and the planner are pure functions of what they are given: they
+# reach no kernel/ module and write no file, even through what they import (lazily or not). The
+# object info they join with the manifest is read beforehand by bpfdeploy/object_info.py.
+PURE_CLOSURE = ("bpfdeploy.desired", "bpfdeploy.model", "bpfdeploy.plan")
+# Calls that create, change or remove a file or directory.
+FILE_WRITES = {"write_text", "write_bytes", "touch", "mkdir", "makedirs", "rmdir", "unlink", "rename",
+               "symlink_to", "chmod", "chown", "dump"}
+
+
+def _reachable(starts) -> set[str]:
+    edges = import_graph.edges()
+    seen = {src for src, _dst, _lazy in edges if _in(src, starts)}
+    todo = list(seen)
+    while todo:
+        module = todo.pop()
+        for src, dst, _lazy in edges:
+            if src == module and dst not in seen:
+                seen.add(dst)
+                todo.append(dst)
+    return seen
+
+
+def _module_file(module: str) -> Path:
+    base = ROOT / Path(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _file_writes(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func
+        if isinstance(fn, ast.Attribute) and fn.attr in FILE_WRITES:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} .{fn.attr}()")
+        elif isinstance(fn, ast.Name) and fn.id == "open":
+            modes = [a for a in node.args[1:2]] + [k.value for k in node.keywords if k.arg == "mode"]
+            if any(not (isinstance(m, ast.Constant) and set(str(m.value)) <= set("rbt")) for m in modes):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} open() for writing")
+    return found
+
+
+def test_desired_model_and_plan_reach_no_kernel_module():
+    reached = _reachable(PURE_CLOSURE)
+    assert "bpfdeploy.desired" in reached and "bpfdeploy.plan" in reached
+    bad = sorted(m for m in reached if _in(m, ("bpfdeploy.kernel",)))
+    assert not bad, f"desired.py, model/ or plan.py reach kernel/ through their imports: {bad}"
+
+
+def test_desired_model_and_plan_write_no_file():
+    bad = []
+    for module in sorted(_reachable(PURE_CLOSURE)):
+        bad += _file_writes(_module_file(module))
+    assert not bad, "desired.py, model/ or plan.py (or what they import) write files: " + "; ".join(bad)
+
+
+def test_the_file_write_scan_finds_writes_where_they_are():
+    # Both checks above must be able to fail: object_info.py reaches libbpf and writes its cache.
+    assert any(_in(m, ("bpfdeploy.kernel",)) for m in _reachable(("bpfdeploy.object_info",)))
+    assert len(_file_writes(ROOT / "bpfdeploy/object_info.py")) >= 2
