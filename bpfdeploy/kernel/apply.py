@@ -134,6 +134,12 @@ class _Run:
         self.digests: dict[str, str] = {}
         self.retired: list[LegacyDetach | TcFilterRemoval] = []  # old hooks of moved attaches, after the commit
         self.loaded_objects: set[str] = set()  # objects whose programs of this plan are loaded
+        # Object name -> the plan's program loads from it, in plan order (one load per object).
+        self.loads: dict[str, list[Action]] = {}
+        for x in plan.actions:
+            if x.resource is Resource.PROGRAM and x.kind in (Kind.CREATE, Kind.REPLACE):
+                self.loads.setdefault(x.desired.object, []).append(x)
+        self.known_dirs: set[str] = set()  # directories seen to exist (or made) in this apply
         self.journal = Journal(desired.name, state_dir)
         self.skipped: set[str] = set()  # optional attachments that failed in this run
         self.link_fds: dict[str, int] = {}  # attachment name -> fd of its link (anchors of ordered links)
@@ -267,8 +273,13 @@ class _Run:
             return
         self._step(a)
         path = Path(a.desired)
-        missing = [p for p in [*reversed(path.parents), path] if not p.exists()]
-        for p in missing:  # parents too: each is recorded, so destroy removes them all
+        missing = []
+        for p in [path, *path.parents]:  # the cgroup, then its parents up to one that exists
+            if str(p) in self.known_dirs or p.exists():
+                break
+            missing.append(p)
+        self.known_dirs.update(str(p) for p in [path, *path.parents][:len(missing) + 1])
+        for p in reversed(missing):  # parents too, outermost first: each is recorded, so destroy removes them all
             self._journal({"cgroup": str(p)})
             self.k.mkdir(p)
             self.undo.push(f"rmdir {p}", lambda p=p: self.k.rmdir(p))
@@ -341,8 +352,7 @@ class _Run:
             return  # loaded with the first program of its object
         self.loaded_objects.add(obj)
         # One load per object: every program of this plan's that comes from it is loaded together.
-        group = [x for x in self.plan.actions if x.resource is Resource.PROGRAM
-                 and x.kind in (Kind.CREATE, Kind.REPLACE) and x.desired.object == obj]
+        group = self.loads[obj]
         first: DesiredProgram = group[0].desired
         for a in group:
             self._step(a)
@@ -835,12 +845,21 @@ def confined(root: Path, pin: str) -> None:
     """
     import stat
 
-    path = Path(pin)
-    if root not in path.parents:
-        raise KernelError(f"{pin} is outside the pin root {root}: not removed")
-    current = root
-    for part in (root, *path.relative_to(root).parts[:-1]):
-        current = root if part is root else current / part
+    top = str(root).rstrip("/")
+    if pin.startswith(top + "/") and not any(x in pin for x in ("//", "/./", "/../")) \
+            and not pin.endswith(("/", "/.", "/..")):
+        # The usual pin, in string operations (Path objects were most of a destroy's own time).
+        directories = [top]
+        for part in pin[len(top) + 1:].split("/")[:-1]:
+            directories.append(directories[-1] + "/" + part)
+    else:
+        path = Path(pin)
+        if root not in path.parents:
+            raise KernelError(f"{pin} is outside the pin root {root}: not removed")
+        directories = [root]
+        for part in path.relative_to(root).parts[:-1]:
+            directories.append(directories[-1] / part)
+    for current in directories:
         if not real_dir(current):  # a symlink raises; a missing directory means the pin is gone too
             return
     try:
