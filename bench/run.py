@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""bpfdeploy benchmark (issue 10): bpfdeploy against the naive bpftool script (A), the same
-lines in one `bpftool batch` process (B) and one Python process calling libbpf (C).
+"""bpfdeploy benchmark (issues 10 and 16): bpfdeploy against the naive bpftool script (A), the
+same lines in one `bpftool batch` process (B) and one Python process calling libbpf (C).
 
-    python bench/run.py [--quick] [--sizes 1,10,50,200] [--runs 7]     (as root)
+    python bench/run.py [--quick] [--sizes 1,10,200,1000,2000] [--runs 7] [--big-runs 3]     (as root)
 
 Workload for each N: N cgroup_skb ingress counters, each in its own object and attached to
 its own cgroup, all sharing one pinned array map (`bench_counters`); plus the same N
@@ -864,7 +864,8 @@ def build_results(s: Samples, world: World, extra: dict) -> dict:
 def render(results: dict) -> None:
     meta = results["meta"]
     figs = results["figures"]
-    t = Table(title=f"bpfdeploy benchmark — ms, median (min–max) of {meta['runs']} interleaved runs, whole "
+    t = Table(title=f"bpfdeploy benchmark — ms, median (min–max) of {meta['runs']} interleaved runs ({meta.get('big_runs')} "
+                    f"at N ≥ 1000), whole "
                     f"processes spawn→exit; ×A/×C = bpfdeploy ÷ the anchor's figure (see README)",
               show_lines=False, header_style="bold")
     for col in ("figure", "N", "A script", "B batch", "C ctypes", "bpfdeploy N obj", "×A", "×C",
@@ -937,13 +938,42 @@ def render(results: dict) -> None:
         t4.add_row(escape(tg["target"]), escape(tg["measured"]), mark)
     console.print(t4)
 
+    mod = results.get("module") or {}
+    if mod and "error" not in mod:
+        t7 = Table(title="The Ansible module on the target, no-change run (bench/module_overhead.py), ms",
+                   header_style="bold")
+        t7.add_column("process")
+        t7.add_column("median (min–max)", justify="right")
+        for k, v in mod.items():
+            if isinstance(v, dict):
+                t7.add_row(k, cell(v))
+        console.print(t7)
+    t6 = Table(title="Growth: ms per added program between sizes (median to median); * rising with N",
+               header_style="bold")
+    t6.add_column("figure")
+    t6.add_column("variant")
+    for lo, hi in zip(sorted(results["meta"]["sizes"]), sorted(results["meta"]["sizes"])[1:]):
+        t6.add_column(f"{lo}→{hi}", justify="right")
+    for fig, per_variant in results.get("growth", {}).items():
+        for variant, g in per_variant.items():
+            t6.add_row(f"{fig} *" if g["superlinear"] else fig, VARIANT_LABEL.get(variant, variant),
+                       *(f"{x['ms_per_program']:.3f}" for x in g["steps"]))
+    console.print(t6)
+    t5 = Table(title="Targets (issue 16)", header_style="bold")
+    for col in ("target", "measured", "result"):
+        t5.add_column(col)
+    for tg in results.get("targets_16", []):
+        mark = {True: "[green]met[/]", False: "[red]missed[/]", None: "[yellow]n/a[/]"}[tg["met"]]
+        t5.add_row(escape(tg["target"]), escape(tg["measured"]), mark)
+    console.print(t5)
+
 
 def markdown(results: dict) -> str:
     """The main table and the targets as Markdown (for the README's performance section)."""
     meta, figs = results["meta"], results["figures"]
     out = [f"Run {meta['date']} on {meta['kernel']}, {meta['cpus']} CPUs, bpfdeploy {meta['git_head']} "
            f"(+{meta['bpfdeploy_uncommitted_files']} uncommitted files); ms, median (min–max) of {meta['runs']} "
-           "interleaved runs, whole processes.", "",
+           f"interleaved runs ({meta.get('big_runs')} at N ≥ 1000), whole processes.", "",
            "| figure | N | A script | B batch | C ctypes | bpfdeploy N obj | ×A | ×C | bpfdeploy 1 obj | ×A | ×C |",
            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for fig in FIGURES:
@@ -956,9 +986,27 @@ def markdown(results: dict) -> str:
                     x = row.get(v)
                     cells += [cell(x), fmt_ratio(x and x.get("ratio_to_A")), fmt_ratio(x and x.get("ratio_to_C"))]
             out.append(f"| {fig} | {n} | " + " | ".join(cells) + " |")
+    result = {True: "met", False: "missed", None: "n/a"}
+    out += ["", "| target (issue 16) | measured | result |", "|---|---|---|"]
+    for tg in results.get("targets_16", []):
+        out.append(f"| {tg['target']} | {tg['measured']} | {result[tg['met']]} |")
+    sizes = sorted(meta["sizes"])
+    steps = [f"{lo}→{hi}" for lo, hi in zip(sizes, sizes[1:])]
+    if results.get("growth"):
+        out += ["", "Growth, ms per added program between sizes (* : the cost per program rises with N):", "",
+                "| figure | variant | " + " | ".join(steps) + " |", "|---|---|" + "--:|" * len(steps)]
+        for fig, per_variant in results["growth"].items():
+            for variant, g in per_variant.items():
+                star = " *" if g["superlinear"] else ""
+                out.append(f"| {fig}{star} | {VARIANT_LABEL.get(variant, variant)} | "
+                           + " | ".join(f"{x['ms_per_program']:.3f}" for x in g["steps"]) + " |")
+    mod = results.get("module") or {}
+    if mod and "error" not in mod:
+        out += ["", "| Ansible module, no-change run on the target | ms |", "|---|--:|"]
+        out += [f"| {k} | {cell(v)} |" for k, v in mod.items() if isinstance(v, dict)]
     out += ["", "| target (issue 10) | measured | result |", "|---|---|---|"]
     for tg in results["targets"]:
-        out.append(f"| {tg['target']} | {tg['measured']} | {'met' if tg['met'] else 'missed'} |")
+        out.append(f"| {tg['target']} | {tg['measured']} | {result[tg['met']]} |")
     return "\n".join(out) + "\n"
 
 
@@ -1057,6 +1105,116 @@ def evaluate_targets(results: dict, world: World) -> list[dict]:
     return out
 
 
+GROWTH_FIGURES = ["warm apply", "cold apply", "upgrade", "no-op plan", "no-op plan --json", "no-op apply",
+                  "destroy / teardown", "live read: read_live_state() in process"]
+
+
+def growth(results: dict, world: World) -> dict:
+    """ms per added program between consecutive sizes, per figure and variant (anchors included),
+    and whether the cost per program rises with N (super-linear: the last step costs more than
+    1.5 x the per-program cost of the first step that has at least 10 programs)."""
+    sizes = sorted(world.sizes)
+    out: dict = {}
+    for fig in GROWTH_FIGURES:
+        for variant in (*DEPLOYS, *ANCHORS):
+            steps = []
+            for lo, hi in zip(sizes, sizes[1:]):
+                a, b = med(results, fig, variant, lo), med(results, fig, variant, hi)
+                if a is not None and b is not None:
+                    steps.append({"from": lo, "to": hi, "ms_per_program": round((b - a) / (hi - lo), 3)})
+            if not steps:
+                continue
+            wide = [x for x in steps if x["to"] - x["from"] >= 10]
+            superlinear = len(wide) >= 2 and wide[-1]["ms_per_program"] > 1.5 * max(wide[0]["ms_per_program"], 0.01)
+            out.setdefault(fig, {})[variant] = {"steps": steps, "superlinear": superlinear}
+    return out
+
+
+def evaluate_targets_16(results: dict, world: World) -> list[dict]:
+    """The targets of issue 16, each at the N it names (n/a when that N was not run)."""
+    inst = results.get("instrumented", {})
+    out = []
+
+    def add(target, measured, met):
+        out.append({"target": target, "measured": measured, "met": met})
+
+    def m(fig, v, n):
+        return med(results, fig, v, n)
+
+    for n, limit in ((1, 40), (200, 50), (2000, 150)):
+        p, one = m("no-op plan", "multi", n), m("no-op plan", "one", n)
+        add(f"no-op plan N={n} ≤ {limit} ms", "not run" if p is None else
+            f"{p:.1f} ms (1 object: {one:.1f} ms)" if one is not None else f"{p:.1f} ms",
+            None if p is None else p <= limit)
+    w, a, c = m("warm apply", "multi", 200), m("warm apply", "A", 200), m("warm apply", "C", 200)
+    add("warm apply N=200 ≤ 3 × C and ≤ 0.2 × A", "not run" if None in (w, a, c) else
+        f"{w:.1f} ms = {w / c:.2f} × C ({c:.1f}), {w / a:.2f} × A ({a:.1f})",
+        None if None in (w, a, c) else (w <= 3 * c and w <= 0.2 * a))
+    w1 = m("warm apply", "multi", 1)
+    add("warm apply N=1 ≤ 45 ms", "not run" if w1 is None else f"{w1:.1f} ms", None if w1 is None else w1 <= 45)
+    d, tc = m("destroy / teardown", "multi", 200), m("destroy / teardown", "C", 200)
+    add("destroy N=200 ≤ 2 × C", "not run" if None in (d, tc) else f"{d:.1f} ms = {d / tc:.2f} × C ({tc:.1f})",
+        None if None in (d, tc) else d <= 2 * tc)
+    u, ua = m("upgrade", "multi", 2000), m("upgrade", "A", 2000)
+    add("upgrade of N=2000 programs, maps kept, ≤ 0.15 × script", "not run" if None in (u, ua) else
+        f"{u:.1f} ms = {u / ua:.3f} × A ({ua:.1f}); values checked after", None if None in (u, ua) else u <= 0.15 * ua)
+    n_build = 2000 if 2000 in world.sizes else max(world.sizes)
+    cold_ms, cold_cpu = m("cold apply", "multi", n_build), m("cold apply cpu", "multi", n_build)
+    warm_ms, warm_cpu = m("warm apply", "multi", n_build), m("warm apply cpu", "multi", n_build)
+    ncpu = os.cpu_count() or 1
+    if None not in (cold_ms, cold_cpu, warm_ms, warm_cpu) and cold_ms > warm_ms:
+        cores = (cold_cpu - warm_cpu) / (cold_ms - warm_ms)
+        add(f"cold build of {n_build} objects uses every core ({ncpu})",
+            f"{cores:.2f} cores busy during the build ({cold_ms / 1e3:.1f} s cold, {warm_ms / 1e3:.1f} s warm)",
+            cores >= 0.8 * ncpu)
+    pc = results.get("probe", {}).get("probe features (cached)")
+    if pc:
+        pj = results["probe"].get("probe features --json (cached)") or {}
+        add("cached probe features (human tables) ≤ 50 ms",
+            f"{pc['median']:.1f} ms (--json: {pj.get('median', float('nan')):.1f} ms)", pc["median"] <= 50)
+    n_rss = 2000 if str(2000) in inst else str(max(world.sizes))
+    worst = []
+    for variant, cmds in inst.get(str(n_rss), {}).items():
+        for cmd, dd in cmds.items():
+            if isinstance(dd, dict) and dd.get("self_maxrss_kb"):
+                worst.append((dd["self_maxrss_kb"], f"bpfdeploy {cmd} ({VARIANT_LABEL.get(variant, variant)})"))
+                for exe, kb in (dd.get("child_maxrss_kb") or {}).items():
+                    worst.append((kb, f"{exe} in {cmd} ({VARIANT_LABEL.get(variant, variant)})"))
+    if worst:
+        kb, who = max(worst)
+        add(f"peak RSS ≤ 100 MB for bpfdeploy and each child at N={n_rss}", f"largest: {kb / 1024:.1f} MB, {who}",
+            kb <= 100 * 1024)
+    # Processes: every command but a cold build (one clang per object built) starts as many
+    # processes at every N.
+    per_cmd: dict = {}
+    for n in world.sizes:
+        for variant, cmds in inst.get(str(n), {}).items():
+            for cmd, dd in cmds.items():
+                if isinstance(dd, dict) and "processes" in dd and cmd != "cold apply":
+                    per_cmd.setdefault((variant, cmd), {})[n] = dd["processes"]
+    if per_cmd:
+        growing = {f"{VARIANT_LABEL.get(v, v)} {c}": counts for (v, c), counts in per_cmd.items()
+                   if len(set(counts.values())) > 1}
+        sample = next(iter(per_cmd.items()))
+        add("processes started stay O(1) in N (cold builds aside: one clang per object)",
+            f"growing: {growing}" if growing else
+            f"constant for every command (e.g. {VARIANT_LABEL.get(sample[0][0])} {sample[0][1]}: {sample[1]})",
+            not growing)
+    mod = results.get("module") or {}
+    if "overhead" in mod:
+        p, mm = mod["bpfdeploy apply (no change)"]["median"], mod["module on the target (AnsiballZ)"]["median"]
+        f = mod["ansible.builtin.ping on the target (AnsiballZ)"]["median"]
+        beyond = mod["overhead beyond ansible's floor"]
+        add("the Ansible module adds ≤ 20 % to a no-change run over bpfdeploy's own cost",
+            f"module {mm:.1f} ms vs bpfdeploy {p:.1f} ms: +{mod['overhead'] * 100:.0f} %; Ansible's floor "
+            f"(ping module) {f:.1f} ms, beyond it +{beyond * 100:.0f} %",
+            mod["overhead"] <= 0.20)
+    elif mod.get("error"):
+        add("the Ansible module adds ≤ 20 % to a no-change run over bpfdeploy's own cost",
+            f"not measured: {mod['error'][:200]}", None)
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -1071,7 +1229,7 @@ def host_meta(world: World, args) -> dict:
             "cpus": os.cpu_count(), "bpftool": out(["bpftool", "version"]).splitlines()[0:1],
             "clang": out(["clang", "--version"]).splitlines()[0:1], "python": out([str(VENV_PY), "--version"]),
             "git_head": out(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
-            "bpfdeploy_uncommitted_files": len(dirty.splitlines()), "runs": args.runs, "sizes": list(world.sizes),
+            "bpfdeploy_uncommitted_files": len(dirty.splitlines()), "runs": args.runs, "big_runs": args.big_runs, "sizes": list(world.sizes),
             "quick": args.quick, "loadavg_start": os.getloadavg(), "pyc_cache": not args.no_pyc,
             "method": {"timing": "time.perf_counter() around spawn→wait4 of each process (anchors A/B: from the "
                                  "first process's spawn to the last's exit, cgroup/pin dirs made by the driver "
@@ -1086,13 +1244,17 @@ def host_meta(world: World, args) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="sizes 1,10 and 3 runs (a smoke test, under a minute)")
-    ap.add_argument("--sizes", help="comma-separated N values (default 1,10,50,200)")
+    ap.add_argument("--sizes", help="comma-separated N values (default 1,10,200,1000,2000)")
     ap.add_argument("--runs", type=int, help="runs per figure (default 7; 3 with --quick)")
+    ap.add_argument("--big-runs", type=int, default=3, help="runs per figure at N >= 1000 (default 3: a round "
+                    "there takes about a minute, most of it anchor A's 10,000 bpftool processes)")
+    ap.add_argument("--no-module", action="store_true", help="skip the Ansible module's overhead "
+                    "(bench/module_overhead.py)")
     ap.add_argument("--no-profile", action="store_true", help="skip importtime/cProfile of the largest N")
     ap.add_argument("--no-pyc", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as it is (by default the "
                     "bench lets Python cache bytecode in its temp dir, as an installed tool would have)")
     args = ap.parse_args()
-    sizes = tuple(int(x) for x in (args.sizes or ("1,10" if args.quick else "1,10,50,200")).split(","))
+    sizes = tuple(int(x) for x in (args.sizes or ("1,10" if args.quick else "1,10,200,1000,2000")).split(","))
     args.runs = args.runs or (3 if args.quick else 7)
     if os.geteuid() != 0:
         print("bench/run.py needs root (it loads BPF programs and creates cgroups)", file=sys.stderr)
@@ -1145,7 +1307,8 @@ def main() -> int:
         variants = [*ANCHORS, *DEPLOYS]
         for n in sizes:
             t = time.perf_counter()
-            for r in range(args.runs):
+            runs = args.runs if n < 1000 else min(args.runs, args.big_runs)
+            for r in range(runs):
                 order = variants[r % len(variants):] + variants[:r % len(variants)]
                 for v in order:
                     if v in ANCHORS:
@@ -1154,7 +1317,7 @@ def main() -> int:
                         bpfdeploy_cycle(world, s, v, n, notes)
                 for v in (DEPLOYS if r % 2 == 0 else DEPLOYS[::-1]):
                     bpfdeploy_cold(world, s, v, n, r)
-            console.print(f"N={n}: {args.runs} rounds in {time.perf_counter() - t:.1f} s "
+            console.print(f"N={n}: {runs} rounds in {time.perf_counter() - t:.1f} s "
                           f"(warm apply median: A {statistics.median(s.get('warm apply', 'A', n)):.1f} ms, "
                           f"bpfdeploy {statistics.median(s.get('warm apply', 'multi', n)):.1f} ms)")
 
@@ -1198,13 +1361,24 @@ def main() -> int:
             bpfdeploy(world, "destroy", m1)
             check_gone(world, "multi", big)
 
+        module = {}
+        if not args.no_module:
+            console.print("the Ansible module's overhead (bench/module_overhead.py) ...")
+            import module_overhead
+
+            try:
+                module = module_overhead.measure(world.tmp, world.env, args.runs)
+            except Exception as exc:  # reported, not fatal: the other figures stand
+                module = {"error": str(exc)[-500:]}
         results = build_results(s, world, {"probe": probe, "instrumented": inst, "anchor_processes": anchor_procs,
-                                            "imports": imports, "notes": notes})
+                                            "imports": imports, "notes": notes, "module": module})
         results["meta"] = host_meta(world, args)
         results["meta"]["loadavg_end"] = os.getloadavg()
         results["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
         results["transient_failures"] = transient_failures
         results["targets"] = evaluate_targets(results, world)
+        results["growth"] = growth(results, world)
+        results["targets_16"] = evaluate_targets_16(results, world)
         render(results)
         path = HERE / "results" / f"{stamp}.json"
         path.write_text(json.dumps(results, indent=1) + "\n")
