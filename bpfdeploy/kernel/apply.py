@@ -272,18 +272,20 @@ class _Run:
         if a.kind is not Kind.CREATE:
             return
         self._step(a)
-        path = Path(a.desired)
+        chain = [str(Path(a.desired))]  # the cgroup, then its parents (as strings: thousands of cgroups)
+        while os.path.dirname(chain[-1]) != chain[-1]:
+            chain.append(os.path.dirname(chain[-1]))
         missing = []
-        for p in [path, *path.parents]:  # the cgroup, then its parents up to one that exists
-            if str(p) in self.known_dirs or p.exists():
+        for p in chain:  # up to the first that exists
+            if p in self.known_dirs or os.path.exists(p):
                 break
             missing.append(p)
-        self.known_dirs.update(str(p) for p in [path, *path.parents][:len(missing) + 1])
+        self.known_dirs.update(chain[:len(missing) + 1])
         for p in reversed(missing):  # parents too, outermost first: each is recorded, so destroy removes them all
-            self._journal({"cgroup": str(p)})
+            self._journal({"cgroup": p})
             self.k.mkdir(p)
             self.undo.push(f"rmdir {p}", lambda p=p: self.k.rmdir(p))
-            self.created_cgroups.add(str(p))
+            self.created_cgroups.add(p)
         self._done(a)
 
     def _map(self, a: Action) -> None:

@@ -102,11 +102,12 @@ class _Lib:
         buf = ctypes.create_string_buffer(4096)
 
         def _print(level: int, fmt: bytes, args: int) -> int:
+            if level > 1:  # LIBBPF_DEBUG: about twenty per object load, never kept, so not formatted
+                return 0
             # va_list is an array type on x86_64 and aarch64, so it arrives as a pointer.
             vsnprintf(buf, len(buf), fmt, args)
-            if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO
-                self.messages.append(buf.value.decode(errors="replace").rstrip())
-                del self.messages[:-200]
+            self.messages.append(buf.value.decode(errors="replace").rstrip())  # LIBBPF_WARN, LIBBPF_INFO
+            del self.messages[:-200]
             return 0
 
         self._print = _PRINT_FN(_print)  # keep a reference: libbpf holds the pointer

@@ -60,6 +60,10 @@ class Writer:
         out = _TAG.sub(tag, text)
         return out + ("\033[0m" if self.color and stack else "")
 
+    def styled(self, text: str, style: str) -> str:
+        """text in one style, as render(f"[{style}]{text}[/]") gives it for text without markup."""
+        return f"\033[{_ANSI[style]}m{text}\033[0m" if self.color else text
+
     def print(self, text: str = "", markup: bool = True, **_ignored) -> None:
         self.stream.write((self.render(text) if markup else text) + "\n")
         self.stream.flush()
@@ -140,7 +144,8 @@ def artifacts_line(artifacts: dict) -> str:
 
 def step(action) -> None:
     sym, color = SYMBOL[action.kind]
-    out.print(f"  [{color}]{sym}[/] {escape(action.kind.value)} {escape(action.address)}")
+    # No markup to parse: one line per step, thousands of them in a large apply.
+    out.print(f"  {out.styled(sym, color)} {action.kind.value} {action.address}", markup=False)
 
 
 def crash(message: str) -> None:
