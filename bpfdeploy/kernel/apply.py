@@ -209,14 +209,27 @@ class _Run:
             self._ensure_dirs()
         self.current = "commit"
         for staged, final in self.renames:
-            if os.path.dirname(final) == str(self.d.pin_root / "links") and os.path.lexists(final):
+            old = None
+            if os.path.dirname(final) == str(self.d.pin_root / "links") and self.k.exists(final):
                 # The old link leaves its hook now, not when the kernel frees it after losing its
                 # pin: a plan made right after sees the chain as it is (an ordered link moved).
                 self._detach_now(final)
+            elif self.k.exists(final):
+                # The old map or program loses its pin to the rename: hold it, so that a later
+                # rename of this commit that fails can pin it back (a half-done commit is undone).
+                old = self._fd(self.k.obj_get(final))
             self.k.rename(staged, final)
+            self.undo.push(f"put back {final}", lambda s=staged, f=final, o=old: self._unrename(s, f, o))
         self.renames.clear()
         self.undo.steps.clear()  # committed: from here on nothing is rolled back
         self.current = ""
+
+    def _unrename(self, staged: str, final: str, old: int | None) -> None:
+        """Undo one rename of the commit: the new object goes back to its staged pin (whose own undo
+        unpins it), the old one, held since, to its pin."""
+        self.k.rename(final, staged)
+        if old is not None:
+            self.k.obj_pin(old, final)
 
     def _ensure_dirs(self) -> None:
         root = self.d.pin_root
@@ -246,26 +259,26 @@ class _Run:
             if self.d.pin_root_access is not None and (path == root or path.parent == root):
                 self._set_access(str(path), self.d.pin_root_access)
 
-    def _set_access(self, path: str, access) -> None:
-        """chown/chmod a new pin or directory as the manifest asks (its removal undoes it)."""
+    def _set_access(self, path: str, access, before=None) -> None:
+        """chown/chmod a new pin or directory as the manifest asks (its removal undoes it), or an
+        existing one whose lstat is ``before``: each change is undone on its own, so that a chmod
+        that fails still gets the chown before it put back."""
         if access.uid is not None or access.gid is not None:
             self.k.chown(path, -1 if access.uid is None else access.uid, -1 if access.gid is None else access.gid)
+            if before is not None:
+                self.undo.push(f"restore owner of {path}",
+                               lambda u=before.st_uid, g=before.st_gid: self.k.chown(path, u, g))
         if access.mode is not None:
             self.k.chmod(path, access.mode)
+            if before is not None:
+                self.undo.push(f"restore mode of {path}", lambda m=before.st_mode & 0o7777: self.k.chmod(path, m))
 
     def _access(self, a: Action) -> None:
         """Fix the owner, group or mode of an existing pin; undo puts the old ones back."""
         if a.kind is not Kind.UPDATE:
             return
         self._step(a)
-        path = a.live_pin
-        st = os.lstat(path)
-        self._set_access(path, a.desired)
-
-        def put_back(p=path, uid=st.st_uid, gid=st.st_gid, mode=st.st_mode & 0o7777) -> None:
-            self.k.chown(p, uid, gid)
-            self.k.chmod(p, mode)
-        self.undo.push(f"restore owner and mode of {path}", put_back)
+        self._set_access(a.live_pin, a.desired, before=self.k.lstat(a.live_pin))
         self._done(a)
 
     def _cgroup(self, a: Action) -> None:
@@ -277,7 +290,7 @@ class _Run:
             chain.append(os.path.dirname(chain[-1]))
         missing = []
         for p in chain:  # up to the first that exists
-            if p in self.known_dirs or os.path.exists(p):
+            if p in self.known_dirs or self.k.exists(p):
                 break
             missing.append(p)
         self.known_dirs.update(chain[:len(missing) + 1])
@@ -765,12 +778,12 @@ class _Run:
         keep = bool(self.d.maps or self.d.programs or self.d.attachments)
         for sub in ("links", "progs", "maps"):
             path = root / sub
-            if not keep and path.is_dir():
+            if not keep and self.k.exists(path):
                 try:
                     self.k.rmdir(path)
                 except OSError:
                     pass
-        if not keep and root.is_dir():
+        if not keep and self.k.exists(root):
             try:
                 self.k.rmdir(root)
             except OSError:

@@ -153,7 +153,11 @@ class Kernel:
         return real_dir(path)
 
     def exists(self, path) -> bool:
-        return os.path.exists(path)
+        """Something is at path (a symlink counts: it is not followed)."""
+        return os.path.lexists(path)
+
+    def lstat(self, path) -> os.stat_result:
+        return os.lstat(path)
 
 
 def real_dir(path) -> bool:

@@ -7,7 +7,12 @@ Every fd it hands out carries a label that says what it stands for (a pin path, 
 With ``expect`` (an ordered list of calls), any call that is not the next expected one fails the
 test at once, as the recorded-command fakes of Ansible collections do; ``done()`` then checks
 that none is missing. With ``fail_at=N`` the N-th (0-based) call that changes something raises
-KernelError instead, to drive apply's rollback.
+instead, to drive apply's rollback: KernelError, or PermissionError for the file-system calls
+(the real door calls os for those).
+
+What apply reads is what the test says is there: ``dirs`` (directories), ``files`` (pins),
+``stats`` (path -> (uid, gid, mode)) and ``values`` ((label, key) -> value of a map entry).
+``for_live()`` fills them from a LiveState, as the host the plan was made on would have them.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from __future__ import annotations
 import errno
 import itertools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from bpfdeploy.diagnostics import KernelError
 
 MUTATING = {"load_object", "obj_pin", "link_create", "link_update", "link_detach", "prog_attach", "prog_detach",
             "raw_tracepoint_open", "map_update", "map_delete", "unlink", "rename", "mkdir", "rmdir", "chown",
             "chmod", "tc"}
+FILE_SYSTEM = {"unlink", "rename", "mkdir", "rmdir", "chown", "chmod"}
 
 
 @dataclass
@@ -60,6 +67,24 @@ class FakeKernel:
     _ids: itertools.count = field(default_factory=lambda: itertools.count(9000))
     prog_ids: dict = field(default_factory=dict)  # label -> program id
     dirs: set = field(default_factory=set)  # directories (pin root, cgroups) that exist, as strings
+    files: set = field(default_factory=set)  # pins that exist
+    stats: dict = field(default_factory=dict)  # path -> (uid, gid, mode)
+    values: dict = field(default_factory=dict)  # (map label, key) -> value
+
+    @classmethod
+    def for_live(cls, live, **kw) -> FakeKernel:
+        """A fake whose file system is the host the plan saw: its directories, pins, owners and map values."""
+        kernel = cls(**kw)
+        kernel.dirs |= {"/", "/sys", "/sys/fs", "/sys/fs/bpf", "/sys/fs/cgroup", *live.existing_cgroups}
+        if live.pin_root_exists:
+            root = live.pin_root
+            kernel.dirs |= {str(p) for p in root.parents if str(p).startswith("/sys/fs/bpf")}
+            kernel.dirs |= {str(root), *(str(root / sub) for sub in ("maps", "progs", "links"))}
+        kernel.files |= set(live.pinned)
+        kernel.stats.update(live.pin_stats or {})
+        # obj_get labels an fd with the pin path, so a map read through its pin finds these values.
+        kernel.values.update({k: v for k, v in live.map_values.items() if v is not None})
+        return kernel
 
     # -- bookkeeping
     def _fd(self, label: str) -> int:
@@ -76,6 +101,8 @@ class FakeKernel:
             if self.fail_at is not None and self.mutations == self.fail_at:
                 self.fail_at = None  # once: the undo that follows must go through
                 self.calls.append(("FAILED", *call))
+                if name in FILE_SYSTEM:  # the door calls os for these: they fail as os does
+                    raise PermissionError(errno.EPERM, f"fake kernel: {name} refused (injected)", str(args[-1]))
                 raise KernelError(f"fake kernel: {name} refused (injected)", errno.EPERM)
             self.mutations += 1
         self.calls.append(call)
@@ -171,7 +198,7 @@ class FakeKernel:
 
     def map_lookup(self, fd, key, value_size):
         self._call("map_lookup", self.label(fd), key)
-        return None
+        return self.values.get((self.label(fd), key))
 
     def tc_read(self, argv):
         self._call("tc_read", tuple(argv))
@@ -194,7 +221,12 @@ class FakeKernel:
         return str(path) in self.dirs
 
     def exists(self, path):
-        return str(path) in self.dirs
+        return str(path) in self.dirs or str(path) in self.files
+
+    def lstat(self, path):
+        self._call("lstat", str(path))
+        uid, gid, mode = self.stats[str(path)]
+        return SimpleNamespace(st_uid=uid, st_gid=gid, st_mode=0o100000 | mode)
 
 
 class _AnyMap(dict):
