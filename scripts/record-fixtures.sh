@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record the bpftool JSON fixtures of tests/unit/test_plan.py again from this machine's kernel.
+# Record the bpftool JSON fixtures of tests/unit/scenarios.py (test_plan.py, test_apply.py) again from this machine's kernel.
 #
 #   sudo bash scripts/record-fixtures.sh
 #
