@@ -61,8 +61,9 @@ class _Undo:
 
 @frozen
 class StepHooks:
-    """Test hooks: fail at the step of one address, or pause before it so that a test can kill the
-    process there. Read from the environment by the caller (workflow), never inside apply."""
+    """Test hooks: fail at the step of one address (or "commit": after the first rename of the
+    commit), or pause before it so that a test can kill the process there. Read from the
+    environment by the caller (workflow), never inside apply."""
 
     fail_at: str | None = None
     pause_at: str | None = None
@@ -220,6 +221,8 @@ class _Run:
                 old = self._fd(self.k.obj_get(final))
             self.k.rename(staged, final)
             self.undo.push(f"put back {final}", lambda s=staged, f=final, o=old: self._unrename(s, f, o))
+            if self.hooks.fail_at == "commit":  # test hook: the commit fails with one rename done
+                raise KernelError("injected failure (BPFDEPLOY_FAIL_AT=commit)")
         self.renames.clear()
         self.undo.steps.clear()  # committed: from here on nothing is rolled back
         self.current = ""

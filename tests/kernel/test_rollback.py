@@ -91,6 +91,28 @@ def test_failure_at_every_step_rolls_back_to_the_previous_state(sandbox):
     assert sandbox.cli_json("plan", manifest)["changes"] is False
 
 
+def test_a_failure_in_the_commit_puts_the_replaced_program_back(sandbox):
+    """The commit renames the new program's staged pin over the old one; a failure after that
+    rename must pin the old program back (the link moves back to it, the new one goes)."""
+    sandbox.cgroup("rb")
+    manifest = _manifest(sandbox, key=0, limit=1, with_extra=False)
+    root = Path(f"/sys/fs/bpf/bpfdeploy-test/{sandbox.id}-rb")
+    sandbox.cli("apply", manifest)
+    before = _snapshot(sandbox, root)
+
+    _manifest(sandbox, key=1, limit=1, with_extra=False)  # the program is replaced, its link updated
+    sandbox.env["BPFDEPLOY_FAIL_AT"] = "commit"
+    proc = sandbox.cli("apply", manifest, check=False)
+    del sandbox.env["BPFDEPLOY_FAIL_AT"]
+    assert proc.returncode == 1, proc.stdout
+    assert "commit: injected failure" in proc.stderr and "Rolled back" in proc.stderr
+    assert _snapshot(sandbox, root) == before  # the same program id on its pin and on the link
+
+    sandbox.cli("apply", manifest)
+    assert _snapshot(sandbox, root)["progs"] != before["progs"]
+    assert sandbox.cli_json("plan", manifest)["changes"] is False
+
+
 BAD_SRC = COUNTER_SRC.replace("return 1;", "return *(char *)(long)skb->data;  /* unchecked */")
 
 

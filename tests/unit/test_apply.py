@@ -403,3 +403,22 @@ def test_a_failure_at_each_call_of_a_scenario_undoes_the_earlier_calls_in_revers
             # The emptied directories of a destroy are removed where possible (commit_deletes).
             ignored = failing[0] == "rmdir" and Path(failing[1]).parent == s.state.pin_root
             assert len(result.warnings) == (0 if ignored else 1), (where, result.warnings)
+
+
+def test_a_failure_in_the_commit_puts_the_old_program_back_on_its_pin(tmp_path):
+    """The rename of the commit replaces the old program's pin: a rollback after it must pin the
+    old program there again (it used to be left unpinned, the new one in its place)."""
+    s = sc.changed_digest()
+    p = plan(s.state, s.live)
+    kernel = fake(s.live)
+    with pytest.raises(ApplyError, match="commit: injected failure"):
+        run(p, s.state, s.live, kernel, tmp_path, hooks=StepHooks(fail_at="commit"))
+    final = sc.pin("progs/count_ingress")
+    staged = final + STAGING_SUFFIX
+    rename = kernel.calls.index(("rename", staged, final))
+    assert _mutations(kernel.calls[rename + 1:]) == [
+        ("rename", final, staged),  # the new program back to its staged pin ...
+        ("obj_pin", final, final),  # ... the old one, held by the fd read from its pin, pinned again
+        ("link_update", sc.pin("links/ingress"), "prog#4242"),  # the link back on the old program
+        ("unlink", staged),  # and the new program's pin gone
+    ]
